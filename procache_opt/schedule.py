@@ -1,0 +1,297 @@
+"""Caching schedules: what the transformer does at each denoising step.
+
+A schedule is ProCache's caching pattern ``s = (s_1, ..., s_T)`` (Cao et al., "ProCache: Constraint-Aware
+Feature Caching with Selective Computation for Diffusion Transformer Acceleration", AAAI 2026,
+arXiv 2512.17298, Section 3.2) extended with the selective-computation action of Section 3.3:
+
+* ``FULL`` (1): compute every block and refresh every cache,
+* ``REUSE`` (0): every block re-applies its cached branch outputs with the current step's modulation,
+* ``SELECTIVE`` (2): shallow blocks reuse; deep blocks recompute the feed-forward branch for their most
+  important tokens.
+
+Steps are counted in denoising order (step 0 is the noisiest). This module is pure Python: strategies,
+which must not import torch, build and exchange schedules freely.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from procache_opt._io import atomic_write_text
+
+__all__ = ["Action", "Schedule", "SelectiveConfig", "ScheduleMismatchError", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+class Action(enum.IntEnum):
+    """What the transformer does at one denoising step (the values are ProCache's pattern digits)."""
+
+    REUSE = 0
+    FULL = 1
+    SELECTIVE = 2
+
+
+class ScheduleMismatchError(ValueError):
+    """A schedule was applied to a model or step count it was not made for."""
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ValueError(f"SelectiveConfig.{name}={value!r} is out of range; allowed: {low} <= {name} <= {high}")
+
+
+@dataclass(frozen=True)
+class SelectiveConfig:
+    """Settings of ProCache's selective computation (Section 3.3); defaults follow the authors' DiT code.
+
+    On a ``SELECTIVE`` step, blocks with index ``>= deep_start(num_layers)`` recompute their feed-forward
+    branch for ``num_fresh_tokens(...)`` tokens, chosen by an importance score; all other work is reused.
+
+    Attributes:
+        deep_fraction: Share of blocks, counted from the output end, that compute selectively. The authors
+            start at layer 21 of DiT-XL/2's 28 (``cal_type.py``, ``threshold = 21``): the last quarter.
+        fresh_ratio: Base share of tokens recomputed, ToCa's ``--fresh-ratio`` default 0.07 (ToCa, Zou et al.
+            2024; ProCache ``sample.py``).
+        mlp_factor: ToCa's module factor for the feed-forward branch in the ``ToCa-ddim50`` ratio schedule:
+            ``1 + module_time_weight * module_weight = 1 + 0.6 * 2.5 = 2.5``.
+        step_weight: ToCa-ddim50's step factor weight (2.0): more fresh tokens late in denoising, none early.
+        layer_weight: ToCa-ddim50's layer factor weight (-0.2): slightly more fresh tokens in deeper layers.
+        staleness_weight: Weight of the staleness score (steps since a token was recomputed divided by
+            ``staleness_threshold``), ProCache's ``--soft-fresh-weight`` 0.25 (lambda_3 in the paper).
+        staleness_threshold: ProCache's ``--fresh-threshold`` 4 (N in the paper).
+        spatial_bonus: Within each ``spatial_grid`` x ``spatial_grid`` patch of tokens, the top-scoring token
+            gets ``+spatial_bonus`` times its score (``local_selection_with_bonus(score, 0.6, 2)``).
+        spatial_grid: Side of the patch used by the spatial-uniformity bonus (2).
+        score_max_queries: The attention-received score sums the softmaxed attention map over queries; at
+            most this many evenly strided queries are used, which bounds the scoring cost at
+            ``score_max_queries * N * D`` multiply-accumulates per deep block for long sequences.
+    """
+
+    deep_fraction: float = 0.25
+    fresh_ratio: float = 0.07
+    mlp_factor: float = 2.5
+    step_weight: float = 2.0
+    layer_weight: float = -0.2
+    staleness_weight: float = 0.25
+    staleness_threshold: int = 4
+    spatial_bonus: float = 0.6
+    spatial_grid: int = 2
+    score_max_queries: int = 1024
+
+    def __post_init__(self) -> None:
+        _check_range("deep_fraction", self.deep_fraction, 0.0, 1.0)
+        _check_range("fresh_ratio", self.fresh_ratio, 0.0, 1.0)
+        _check_range("mlp_factor", self.mlp_factor, 0.0, 100.0)
+        _check_range("step_weight", self.step_weight, -10.0, 10.0)
+        _check_range("layer_weight", self.layer_weight, -1.0, 1.0)
+        _check_range("staleness_weight", self.staleness_weight, 0.0, 100.0)
+        _check_range("staleness_threshold", self.staleness_threshold, 1, 10_000)
+        _check_range("spatial_bonus", self.spatial_bonus, 0.0, 100.0)
+        _check_range("spatial_grid", self.spatial_grid, 1, 64)
+        _check_range("score_max_queries", self.score_max_queries, 1, 10**9)
+
+    def deep_start(self, num_layers: int) -> int:
+        """Index of the first block that computes selectively (21 for 28 blocks with the defaults)."""
+        return num_layers - int(round(self.deep_fraction * num_layers))
+
+    def fresh_ratio_at(self, step: int, num_steps: int, layer: int, num_layers: int) -> float:
+        """Share of tokens the feed-forward branch recomputes at ``step`` (denoising order) in ``layer``.
+
+        ToCa's ``ToCa-ddim50`` schedule (``fresh_ratio_scheduler.py``), whose step counter counts down; here
+        ``progress`` counts up, so ToCa's ``step / num_steps`` is ``1 - progress``.
+        """
+        progress = step / max(num_steps, 1)
+        step_factor = 1 + self.step_weight - 2 * self.step_weight * (1 - progress)
+        layer_factor = 1 + self.layer_weight - 2 * self.layer_weight * layer / max(num_layers - 1, 1)
+        ratio = self.fresh_ratio * self.mlp_factor * step_factor * layer_factor
+        return min(max(ratio, 0.0), 1.0)
+
+    def num_fresh_tokens(self, num_tokens: int, step: int, num_steps: int, layer: int, num_layers: int) -> int:
+        """Tokens recomputed at one selective step of one deep block (the authors floor the product)."""
+        return int(math.floor(self.fresh_ratio_at(step, num_steps, layer, num_layers) * num_tokens))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SelectiveConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown SelectiveConfig fields {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An immutable caching schedule: one :class:`Action` per denoising step.
+
+    Example:
+        >>> s = Schedule.from_pattern([1, 0, 0, 1, 0, 1])
+        >>> s.intervals
+        (3, 2, 1)
+        >>> s.inject_selective().pattern
+        (1, 0, 2, 1, 0, 1)
+
+    Attributes:
+        actions: One action per step, in denoising order; the first must be ``FULL``.
+        selective: Settings used on ``SELECTIVE`` steps.
+        model_class: Class name of the transformer the schedule was searched for (optional).
+        model_fingerprint: Hash of that transformer's config (optional, see ``procache_opt.fingerprint``).
+        metadata: Free-form JSON-serialisable notes (search id, scores); ignored by the runtime.
+    """
+
+    actions: tuple[Action, ...]
+    selective: SelectiveConfig = field(default_factory=SelectiveConfig)
+    model_class: str | None = None
+    model_fingerprint: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        try:
+            actions = tuple(Action(int(a)) for a in self.actions)
+        except ValueError as exc:
+            raise ValueError(
+                f"invalid schedule entry ({exc}); each step must be 0 (REUSE), 1 (FULL) or 2 (SELECTIVE)"
+            ) from None
+        if not actions:
+            raise ValueError("a schedule needs at least one step")
+        if actions[0] != Action.FULL:
+            raise ValueError(
+                f"the first step of a schedule must be FULL (1): there is no cache to reuse yet; got {int(actions[0])}"
+            )
+        object.__setattr__(self, "actions", actions)
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_pattern(cls, pattern: Iterable[int], **kwargs: Any) -> Schedule:
+        """Build a schedule from ProCache digits, e.g. ``[1, 0, 2, 0, 1, ...]``."""
+        return cls(tuple(pattern), **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_intervals(cls, intervals: Sequence[int], **kwargs: Any) -> Schedule:
+        """Build a schedule from segment lengths; each segment is one FULL step then ``length - 1`` REUSE."""
+        if any(int(n) < 1 for n in intervals):
+            raise ValueError(f"interval lengths must be >= 1, got {list(intervals)}")
+        pattern: list[int] = []
+        for n in intervals:
+            pattern += [1] + [0] * (int(n) - 1)
+        return cls.from_pattern(pattern, **kwargs)
+
+    @classmethod
+    def full(cls, num_steps: int, **kwargs: Any) -> Schedule:
+        """The schedule that computes every step in full (the reference)."""
+        return cls.from_pattern([1] * num_steps, **kwargs)
+
+    # -- views --------------------------------------------------------------------------------------------
+    @property
+    def pattern(self) -> tuple[int, ...]:
+        return tuple(int(a) for a in self.actions)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.actions)
+
+    @property
+    def num_full(self) -> int:
+        return sum(a == Action.FULL for a in self.actions)
+
+    @property
+    def intervals(self) -> tuple[int, ...]:
+        """Lengths of the segments that each start with a FULL step (they sum to ``num_steps``)."""
+        starts = [i for i, a in enumerate(self.actions) if a == Action.FULL] + [self.num_steps]
+        return tuple(b - a for a, b in zip(starts, starts[1:], strict=False))
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __str__(self) -> str:
+        return "".join(str(p) for p in self.pattern)
+
+    # -- transformations ----------------------------------------------------------------------------------
+    def inject_selective(self) -> Schedule:
+        """Every second position of each maximal REUSE run becomes SELECTIVE (ProCache Eq. 7).
+
+        ``[0,0] -> [0,2]``, ``[0,0,0] -> [0,2,0]``, ``[0,0,0,0] -> [0,2,0,2]``. Existing SELECTIVE steps end a
+        run like FULL steps do.
+        """
+        out: list[int] = []
+        run = 0
+        for a in self.pattern:
+            run = run + 1 if a == Action.REUSE else 0
+            out.append(int(Action.SELECTIVE) if a == Action.REUSE and run % 2 == 0 else a)
+        return replace(self, actions=tuple(Action(a) for a in out))
+
+    def with_model(self, model_class: str | None, model_fingerprint: str | None) -> Schedule:
+        return replace(self, model_class=model_class, model_fingerprint=model_fingerprint)
+
+    # -- checks -------------------------------------------------------------------------------------------
+    def check_compatible(self, num_steps: int | None = None, model_class: str | None = None,
+                         model_fingerprint: str | None = None, strict: bool = False) -> None:
+        """Fail on a step-count mismatch; warn (or fail if ``strict``) when made for another model."""
+        if num_steps is not None and num_steps != self.num_steps:
+            raise ScheduleMismatchError(
+                f"the schedule has {self.num_steps} steps but the pipeline runs {num_steps}; call the pipeline "
+                f"with num_inference_steps={self.num_steps} or search a schedule for {num_steps} steps"
+            )
+        mismatch = []
+        if self.model_class and model_class and self.model_class != model_class:
+            mismatch.append(f"class {self.model_class} != {model_class}")
+        if self.model_fingerprint and model_fingerprint and self.model_fingerprint != model_fingerprint:
+            mismatch.append(f"config fingerprint {self.model_fingerprint} != {model_fingerprint}")
+        if mismatch:
+            msg = "the schedule was searched for another model (" + "; ".join(mismatch) + ")"
+            if strict:
+                raise ScheduleMismatchError(msg)
+            warnings.warn(msg + "; its quality there is unknown", UserWarning, stacklevel=3)
+
+    # -- serialisation ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "num_steps": self.num_steps,
+            "pattern": list(self.pattern),
+            "selective": self.selective.to_dict(),
+            "model": {"class": self.model_class, "fingerprint": self.model_fingerprint},
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"unsupported schedule format_version {version!r}; this procache-opt reads {FORMAT_VERSION}")
+        pattern = data["pattern"]
+        if len(pattern) != data.get("num_steps", len(pattern)):
+            raise ValueError(f"corrupt schedule: num_steps={data['num_steps']} but the pattern has {len(pattern)} steps")
+        model = data.get("model") or {}
+        return cls.from_pattern(
+            pattern,
+            selective=SelectiveConfig.from_dict(data.get("selective", {})),
+            model_class=model.get("class"),
+            model_fingerprint=model.get("fingerprint"),
+            metadata=dict(data.get("metadata", {})),
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the schedule as JSON atomically (temporary file, then ``os.replace``)."""
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Schedule:
+        return cls.from_json(Path(path).read_text())

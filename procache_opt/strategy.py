@@ -1,0 +1,131 @@
+"""The strategy interface: ask for schedules, tell their scores (Optuna's ask/tell, Ray Tune's searcher).
+
+A strategy never imports torch, diffusers or ray and never calls an objective: the engine
+(``procache_opt.search``) owns the loop, the trial ids and the storage, and tells each strategy what its
+proposals scored. Data flows one way: space -> strategy.ask -> runtime -> objective -> strategy.tell.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from procache_opt.plugins import PluginRegistry
+from procache_opt.schedule import Schedule
+
+if TYPE_CHECKING:
+    from procache_opt.space import ScheduleSpace
+
+__all__ = ["Strategy", "TrialResult", "TrialStatus", "STRATEGIES"]
+
+
+class TrialStatus(str, enum.Enum):
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one evaluated schedule scored; what the engine stores and tells strategies.
+
+    Attributes:
+        trial_id: Engine-assigned id, unique within a search, in order of proposal.
+        schedule: The schedule evaluated.
+        status: ``COMPLETE`` or ``FAILED`` (then ``value`` is ``None`` and ``error`` says why).
+        value: The scalar loss a single-objective strategy minimises (weighted sum of the objectives).
+        values: Mean of each objective by name (e.g. ``{"feature_error": 0.12, "flops_ratio": 0.48}``).
+        flops_ratio: Counted FLOPs of the schedule as a fraction of full computation.
+        error: The failure message for ``FAILED`` trials.
+        duration_s: Wall-clock seconds the evaluation took.
+        extra: Further JSON-serialisable facts (per-sample values, confidence intervals, block evaluations).
+    """
+
+    trial_id: int
+    schedule: Schedule
+    status: TrialStatus
+    value: float | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    flops_ratio: float | None = None
+    error: str | None = None
+    duration_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == TrialStatus.COMPLETE and self.value is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "schedule": self.schedule.to_dict(),
+            "status": self.status.value,
+            "value": self.value,
+            "values": self.values,
+            "flops_ratio": self.flops_ratio,
+            "error": self.error,
+            "duration_s": self.duration_s,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
+        return cls(
+            trial_id=int(data["trial_id"]),
+            schedule=Schedule.from_dict(data["schedule"]),
+            status=TrialStatus(data["status"]),
+            value=data.get("value"),
+            values=dict(data.get("values", {})),
+            flops_ratio=data.get("flops_ratio"),
+            error=data.get("error"),
+            duration_s=float(data.get("duration_s", 0.0)),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+class Strategy(abc.ABC):
+    """Proposes schedules from a :class:`~procache_opt.space.ScheduleSpace` and learns from their scores.
+
+    Subclasses implement :meth:`ask` and usually :meth:`tell`. Every proposal must lie in the space. The
+    engine may call ``ask`` again before telling earlier results (parallel evaluation): a strategy should
+    not propose a schedule it already has pending.
+
+    Args:
+        space: The feasible schedules.
+        seed: Seeds the strategy's one ``numpy.random.Generator``; the same seed gives the same proposals.
+    """
+
+    #: Registry name, set by subclasses (e.g. ``"tpe"``).
+    name: str = ""
+
+    def __init__(self, space: ScheduleSpace, seed: int = 0) -> None:
+        self.space = space
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+
+    @abc.abstractmethod
+    def ask(self, n: int = 1) -> list[Schedule]:
+        """Up to ``n`` new schedules to evaluate; fewer, or none, when there is nothing to propose now."""
+
+    def tell(self, results: Sequence[TrialResult]) -> None:  # noqa: B027 - optional hook, not abstract
+        """Receive finished results (including failed ones, whose ``value`` is ``None``)."""
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the strategy will never propose again (e.g. an exhausted enumeration)."""
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state beyond what replaying the told results restores (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what :meth:`state_dict` returned."""
+
+
+#: Strategies by name (entry-point group ``procache_opt.strategies``).
+STRATEGIES: PluginRegistry[Strategy] = PluginRegistry("procache_opt.strategies", "strategy")
