@@ -76,5 +76,7 @@ class PluginRegistry(Generic[T]):
             unknown = sorted(set(kwargs) - set(params))
             if unknown:
                 accepted = sorted(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
-                raise TypeError(f"{self.kind} {name!r} got unexpected keyword arguments {unknown}; it accepts {accepted}")
+                raise TypeError(
+                    f"{self.kind} {name!r} got unexpected keyword arguments {unknown}; it accepts {accepted}"
+                )
         return cls(*args, **kwargs)

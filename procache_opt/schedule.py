@@ -126,7 +126,8 @@ class SelectiveConfig:
     def from_dict(cls, data: dict[str, Any]) -> SelectiveConfig:
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown SelectiveConfig fields {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            known = sorted(cls.__dataclass_fields__)
+            raise ValueError(f"unknown SelectiveConfig fields {sorted(unknown)}; known: {known}")
         return cls(**data)
 
 
@@ -268,10 +269,14 @@ class Schedule:
     def from_dict(cls, data: dict[str, Any]) -> Schedule:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"unsupported schedule format_version {version!r}; this procache-opt reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"unsupported schedule format_version {version!r}; this procache-opt reads {FORMAT_VERSION}"
+            )
         pattern = data["pattern"]
         if len(pattern) != data.get("num_steps", len(pattern)):
-            raise ValueError(f"corrupt schedule: num_steps={data['num_steps']} but the pattern has {len(pattern)} steps")
+            raise ValueError(
+                f"corrupt schedule: num_steps={data['num_steps']} but the pattern has {len(pattern)} steps"
+            )
         model = data.get("model") or {}
         return cls.from_pattern(
             pattern,
