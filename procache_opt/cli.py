@@ -1,0 +1,185 @@
+"""``procache-opt``: search, apply and count schedules from the command line.
+
+    procache-opt search --model dit-digits --budget 0.5 --strategy constrained_sampling --trials 30 --out runs/x
+    procache-opt apply --model dit-digits --schedule runs/x/schedule.json --labels 0,1,2 --out samples.png
+    procache-opt flops --model dit-xl-2-256 --steps 50 [--schedule runs/x/schedule.json]
+    procache-opt strategies | objectives
+    procache-opt sweep sweep.yaml [--address auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from procache_opt.plugins import UnknownPluginError
+
+__all__ = ["main", "build_parser"]
+
+
+class CliError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+def _budget(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"--budget is a fraction of full computation in (0, 1], got {text}")
+    return value
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a JSON value), got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="procache-opt", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the search's decisions")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search a caching schedule within a FLOPs budget")
+    s.add_argument("--model", default="dit-digits", help="zoo name or pipeline folder (default: dit-digits)")
+    s.add_argument("--budget", type=_budget, default=0.5, help="FLOPs budget as a fraction (default 0.5)")
+    s.add_argument("--strategy", default="constrained_sampling", help="see `procache-opt strategies`")
+    s.add_argument("--objective", default="feature_error", help="objective name(s), comma-separated")
+    s.add_argument("--trials", type=int, default=30, help="schedules to evaluate at most (default 30)")
+    s.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    s.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    s.add_argument("--samples", type=int, default=8, help="calibration samples (default 8)")
+    s.add_argument("--heldout", type=int, default=16, help="held-out samples for the final check (0: skip)")
+    s.add_argument("--monotone", default="auto", choices=["auto", "decreasing", "increasing", "none"])
+    s.add_argument("--no-selective", action="store_true", help="no selective computation (FORA-style reuse only)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", default="local", choices=["local", "ray"])
+    s.add_argument("--workers", type=int, default=None, help="Ray workers (backend ray)")
+    s.add_argument("--address", default=None, help="Ray cluster address (backend ray)")
+    s.add_argument("--storage", default=None, help="results folder or Optuna URL (default: OUT/trials)")
+    s.add_argument("--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="strategy keyword argument, e.g. --option num_candidates=10")
+    s.add_argument("--out", default="runs/search", help="output folder (default runs/search)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_search)
+
+    a = sub.add_parser("apply", help="generate images with a saved schedule")
+    a.add_argument("--model", default="dit-digits")
+    a.add_argument("--schedule", required=True, help="schedule JSON written by `search`")
+    a.add_argument("--labels", default="0,1,2,3,4,5,6,7,8,9", help="class labels, comma-separated (DiT)")
+    a.add_argument("--guidance", type=float, default=4.0)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="samples.png")
+    a.set_defaults(func=_cmd_apply)
+
+    f = sub.add_parser("flops", help="count MACs/FLOPs of a model and a schedule (no weights needed)")
+    f.add_argument("--model", default="dit-digits", help="zoo name, preset (e.g. dit-xl-2-256) or folder")
+    f.add_argument("--steps", type=int, default=50)
+    f.add_argument("--schedule", default=None)
+    f.add_argument("--no-guidance", action="store_true")
+    f.set_defaults(func=_cmd_flops)
+
+    for kind in ("strategies", "objectives"):
+        p = sub.add_parser(kind, help=f"list registered {kind}")
+        p.set_defaults(func=_cmd_list, kind=kind)
+
+    w = sub.add_parser("sweep", help="run a grid of searches from a YAML file (locally or on Ray)")
+    w.add_argument("config", help="sweep YAML (see examples/sweep.yaml)")
+    w.add_argument("--address", default=None, help="Ray address, e.g. auto")
+    w.add_argument("--out", default=None, help="results folder (default: the config's `out`)")
+    w.set_defaults(func=_cmd_sweep)
+    return parser
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    import procache_opt
+    from procache_opt.reporting import write_search_outputs
+
+    out = Path(args.out)
+    backend_options = {k: v for k, v in (("num_workers", args.workers), ("address", args.address)) if v is not None}
+    if args.backend == "local" and backend_options:
+        raise CliError("--workers and --address need --backend ray")
+    result = procache_opt.search(
+        args.model,
+        budget_flops=args.budget,
+        strategy=args.strategy,
+        objective=[o.strip() for o in args.objective.split(",") if o.strip()],
+        n_trials=args.trials,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        calibration=args.samples,
+        heldout=args.heldout or None,
+        selective=not args.no_selective,
+        monotone=None if args.monotone == "none" else args.monotone,
+        seed=args.seed,
+        backend=args.backend,
+        backend_options=backend_options or None,
+        storage=args.storage or str(out / "trials"),
+        progress=not args.no_progress,
+        **dict(args.option),
+    )
+    print(write_search_outputs(result, args.model, out))
+
+
+def _cmd_apply(args: argparse.Namespace) -> None:
+    from procache_opt.reporting import generate_grid
+    from procache_opt.schedule import Schedule
+
+    schedule = Schedule.load(args.schedule)
+    labels = [int(x) for x in args.labels.split(",") if x.strip()]
+    path = generate_grid(args.model, schedule, labels, args.guidance, args.seed, Path(args.out))
+    print(f"wrote {path}")
+
+
+def _cmd_flops(args: argparse.Namespace) -> None:
+    from procache_opt.flops import PRESETS, count_flops
+    from procache_opt.schedule import Schedule
+
+    if args.model in PRESETS:
+        target: Any = PRESETS[args.model]
+    else:
+        from procache_opt.models import load_pipeline
+
+        target = load_pipeline(args.model).transformer
+    schedule = Schedule.load(args.schedule) if args.schedule else None
+    print(count_flops(target, schedule=schedule, num_inference_steps=args.steps, guidance=not args.no_guidance))
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from procache_opt.objective import OBJECTIVES
+    from procache_opt.strategy import STRATEGIES
+
+    registry = STRATEGIES if args.kind == "strategies" else OBJECTIVES
+    for name in registry.available():
+        doc = (registry.get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:24s} {doc[0] if doc else ''}")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from procache_opt.sweep import run_sweep
+
+    run_sweep(args.config, address=args.address, out=args.out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (CliError, ValueError, TypeError, UnknownPluginError, FileNotFoundError) as exc:
+        print(f"procache-opt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""What a search returns: every trial, the best schedule, the Pareto front, and how it held up."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from procache_opt._io import atomic_write_json
+from procache_opt.schedule import Schedule
+from procache_opt.strategy import TrialResult
+
+__all__ = ["SearchResult", "pareto_front"]
+
+
+def pareto_front(trials: list[TrialResult], quality: str = "value") -> list[TrialResult]:
+    """Completed trials not dominated in (FLOPs ratio, loss), sorted by FLOPs ratio.
+
+    ``quality`` is ``"value"`` (the weighted loss) or an objective name in ``TrialResult.values`` (to
+    minimise). One search thereby serves every budget: pick the front's member under your budget.
+    """
+    ok = [t for t in trials if t.ok and t.flops_ratio is not None]
+    loss = (lambda t: t.value) if quality == "value" else (lambda t: t.values[quality])
+    front: list[TrialResult] = []
+    for t in sorted(ok, key=lambda t: (t.flops_ratio, loss(t))):
+        if not front or loss(t) < loss(front[-1]):
+            front.append(t)
+    return front
+
+
+@dataclass
+class SearchResult:
+    """The outcome of :func:`procache_opt.search`.
+
+    Attributes:
+        trials: Every evaluated schedule with its scores, FLOPs ratio, time and status.
+        config: The search's settings (what ``storage`` checks on resume).
+        summary_lines: Human-readable facts gathered on the way (space size, probe, held-out check).
+        heldout: Scores of the best schedule and the FORA baseline on the held-out calibration set.
+    """
+
+    trials: list[TrialResult]
+    config: dict[str, Any] = field(default_factory=dict)
+    summary_lines: list[str] = field(default_factory=list)
+    heldout: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> list[TrialResult]:
+        return [t for t in self.trials if t.ok]
+
+    @property
+    def best_trial(self) -> TrialResult:
+        budget = self.config.get("budget_flops")
+        feasible = [t for t in self.completed if budget is None or (t.flops_ratio or 0.0) <= budget + 1e-12]
+        if not feasible:
+            failed = [t.error for t in self.trials if not t.ok][:3]
+            raise RuntimeError(f"no trial completed within the budget; first errors: {failed}")
+        return min(feasible, key=lambda t: (t.value, t.trial_id))
+
+    @property
+    def best(self) -> Schedule:
+        """The best schedule within the budget, with its scores in ``metadata``."""
+        t = self.best_trial
+        return Schedule.from_dict({
+            **t.schedule.to_dict(),
+            "metadata": {"trial_id": t.trial_id, "value": t.value, "values": t.values, "flops_ratio": t.flops_ratio},
+        })
+
+    @property
+    def pareto(self) -> list[TrialResult]:
+        return pareto_front(self.trials)
+
+    def apply(self, pipe: Any) -> Any:
+        """Apply the best schedule to ``pipe`` (see :func:`procache_opt.apply`); returns the handle."""
+        from procache_opt.runtime import apply
+
+        return apply(pipe, self.best)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        rows = []
+        for t in self.trials:
+            rows.append({
+                "trial_id": t.trial_id,
+                "pattern": str(t.schedule),
+                "status": t.status.value,
+                "value": t.value,
+                "flops_ratio": t.flops_ratio,
+                "num_full": t.schedule.num_full,
+                "duration_s": t.duration_s,
+                "error": t.error,
+                **{f"values.{k}": v for k, v in t.values.items()},
+            })
+        return rows
+
+    def to_dataframe(self) -> Any:
+        """One row per trial (needs pandas, which Ray Tune installs)."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.to_records())
+
+    def summary(self) -> str:
+        best = self.best_trial
+        lines = [*self.summary_lines, f"trials: {len(self.trials)} ({len(self.completed)} completed)"]
+        lines.append(
+            f"best: trial {best.trial_id}, pattern {best.schedule}, FLOPs ratio {best.flops_ratio:.3f}, "
+            f"loss {best.value:.4g}"
+        )
+        return "\n".join(lines)
+
+    # -- persistence ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "summary_lines": self.summary_lines,
+            "heldout": self.heldout,
+            "trials": [t.to_dict() for t in self.trials],
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SearchResult:
+        data = json.loads(Path(path).read_text())
+        return cls(
+            trials=[TrialResult.from_dict(d) for d in data["trials"]],
+            config=data.get("config", {}),
+            summary_lines=list(data.get("summary_lines", [])),
+            heldout=dict(data.get("heldout", {})),
+        )
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
+        """Convergence (best loss so far by trial) and the best schedule, as one matplotlib figure."""
+        from procache_opt.plots import plot_search
+
+        return plot_search(self, path)
