@@ -7,7 +7,7 @@ from procache_opt.costs import StepCosts
 from procache_opt.dynamics import choose_direction, probe_reuse_sensitivity
 from procache_opt.result import SearchResult, pareto_front
 from procache_opt.schedule import Schedule
-from procache_opt.search import default_v_max
+from procache_opt._search import default_v_max
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
 from procache_opt.strategy_wrappers import Enqueued
 
