@@ -1,0 +1,103 @@
+"""``constrained_sampling``: ProCache's own search (arXiv 2512.17298, Sec. 3.2; the authors' ``CASS.py``).
+
+The authors draw K = 5 distinct feasible patterns, score each with a proxy by hand and keep the best. Here
+the engine scores them; this strategy only proposes the K candidates and remembers the best it was told.
+There is no feedback from scores into sampling: that is the point of comparison for ``tpe`` and
+``evolutionary``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from procache_opt.strategies._common import ProposalHistory
+
+from procache_opt.schedule import Schedule
+from procache_opt.space import ScheduleSpace
+from procache_opt.strategy import Strategy, TrialResult
+
+__all__ = ["ConstrainedSampling"]
+
+logger = logging.getLogger("procache_opt.strategies")
+
+
+class ConstrainedSampling(Strategy):
+    """Proposes ``num_candidates`` distinct members, then finishes; the best told one is :attr:`best`.
+
+    ``mode="stick_breaking"`` is the authors' sampler (:meth:`ScheduleSpace.sample_stick_breaking`: with no
+    fixed ``num_full`` each draw first picks a feasible one with the generator); it is not uniform and, with
+    a FLOPs budget or wide ``[v_min, v_max]``, may reject almost every draw, so after ``max_attempts``
+    fruitless draws for one candidate the strategy samples the rest uniformly and logs that once.
+    ``mode="uniform"`` samples uniformly from the start. A space with fewer than ``num_candidates`` members
+    has all of them proposed.
+
+    Example:
+        >>> from procache_opt.space import ScheduleSpace
+        >>> strategy = ConstrainedSampling(ScheduleSpace(50, num_full=13, v_min=1, v_max=4), seed=0)
+        >>> len(strategy.ask(10)), strategy.is_finished
+        (5, True)
+
+    Args:
+        space: The feasible schedules.
+        seed: Seeds the strategy's generator.
+        num_candidates: K, the number of distinct candidates (5 in the paper).
+        mode: ``"stick_breaking"`` (the authors') or ``"uniform"``.
+        max_attempts: Stick-breaking draws per candidate before falling back to uniform sampling.
+    """
+
+    name = "constrained_sampling"
+
+    def __init__(self, space: ScheduleSpace, seed: int = 0, num_candidates: int = 5,
+                 mode: Literal["stick_breaking", "uniform"] = "stick_breaking", max_attempts: int = 10_000) -> None:
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates={num_candidates!r} is out of range; allowed: num_candidates >= 1")
+        if mode not in ("stick_breaking", "uniform"):
+            raise ValueError(f"mode={mode!r}; allowed: 'stick_breaking' or 'uniform'")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts={max_attempts!r} is out of range; allowed: max_attempts >= 1")
+        super().__init__(space, seed)
+        self.num_candidates = min(num_candidates, space.count())
+        self.mode = mode
+        self.max_attempts = max_attempts
+        self.best: TrialResult | None = None
+        self._history = ProposalHistory(self.rng)
+        self._fell_back = False
+
+    def ask(self, n: int = 1) -> list[Schedule]:
+        proposals = []
+        while len(proposals) < n and not self.is_finished:
+            authors = self.mode == "stick_breaking" and not self._fell_back
+            schedule = self._stick_breaking() if authors else None
+            if schedule is None:
+                schedule = self._history.draw_unseen(self.space)
+            self._history.add(schedule)
+            proposals.append(schedule)
+        return proposals
+
+    def _stick_breaking(self) -> Schedule | None:
+        for _ in range(self.max_attempts):
+            schedule = self.space.sample_stick_breaking(self.rng)
+            if schedule is not None and schedule not in self._history:
+                return schedule
+        logger.warning("constrained_sampling: %d stick-breaking draws gave no new member; sampling the rest "
+                       "uniformly", self.max_attempts)
+        self._fell_back = True
+        return None
+
+    def tell(self, results: Sequence[TrialResult]) -> None:
+        for result in results:
+            if result.ok and (self.best is None or result.value < self.best.value):
+                self.best = result
+
+    @property
+    def is_finished(self) -> bool:
+        return len(self._history) >= self.num_candidates
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self._history.state_dict(), "fell_back": self._fell_back}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._history.load_state_dict(state)
+        self._fell_back = bool(state.get("fell_back", False))
