@@ -1,0 +1,199 @@
+"""Where the denoising loop is: the explicit step context every ProCache hook reads.
+
+Hooks never count their own calls. A hook on the transformer (:class:`StepTrackerHook`) finds the step index
+of each call from its ``timestep`` argument in the driving scheduler's ``timesteps`` (or takes it from
+``handle.at_step(i)``), looks up the schedule's action for that step, and publishes both on a
+:class:`StepState` for the duration of the call only. Branch hooks read that state.
+
+Guidance: DiT and PixArt pipelines batch the conditional and unconditional inputs into one call, so one cache
+serves both. A loop that calls the transformer twice for one step (unbatched guidance) gets a separate cache
+per call within the step: the first call of a step is branch 0, a second call with the same step index is
+branch 1, and so on.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+from diffusers.hooks import ModelHook
+from torch import nn
+
+from procache_opt.schedule import Action, Schedule, ScheduleMismatchError
+
+__all__ = ["MissingStepContextError", "StepState", "StepTrackerHook", "score_steps"]
+
+
+class MissingStepContextError(RuntimeError):
+    """The runtime cannot tell which denoising step a transformer call belongs to."""
+
+
+class BranchCaches(Protocol):
+    """Per-branch tensors a :class:`StepState` clears when a generation starts or ends."""
+
+    def clear(self, branch: int | None = None) -> None: ...
+
+
+def score_steps(actions: Sequence[Action]) -> tuple[bool, ...]:
+    """For each step: is it a FULL step whose following non-FULL run contains a SELECTIVE step?
+
+    Only those FULL steps need token scores (ProCache scores from the attention map of the last full step),
+    so scoring is skipped everywhere else.
+    """
+    needed = [False] * len(actions)
+    selective_ahead = False
+    for step in range(len(actions) - 1, -1, -1):
+        if actions[step] == Action.FULL:
+            needed[step] = selective_ahead
+            selective_ahead = False
+        elif actions[step] == Action.SELECTIVE:
+            selective_ahead = True
+    return tuple(needed)
+
+
+class StepState:
+    """The step context shared by the hooks of one applied schedule.
+
+    ``action`` is set only while the transformer runs (``begin`` ... ``end``); outside a call it is ``None``
+    and branch hooks refuse to run. Caches are cleared when a generation starts (step 0, first branch), after
+    each branch's last step, and on :meth:`reset`.
+
+    Attributes:
+        schedule: The schedule being followed.
+        step: Step index of the running call, else ``None``.
+        action: The schedule's action at ``step``, else ``None``.
+        branch: Index of the running call among calls with the same step (0 for batched guidance).
+        score_now: Whether this call must compute token scores (see :func:`score_steps`).
+        token_grid: ``(rows, cols)`` of the running call's token grid, if known.
+        forced_step: Step index set by ``handle.at_step``; overrides the timestep lookup.
+        last_step: Step index of the previous call, else ``None``.
+    """
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self._score_steps = score_steps(schedule.actions)
+        self._caches: list[BranchCaches] = []
+        self.forced_step: int | None = None
+        self.reset()
+
+    def register(self, caches: BranchCaches) -> None:
+        self._caches.append(caches)
+
+    def reset(self) -> None:
+        """Forget every cached tensor and where the loop was (the next call must be a FULL step 0)."""
+        self._clear()
+        self.step: int | None = None
+        self.action: Action | None = None
+        self.branch = 0
+        self.score_now = False
+        self.token_grid: tuple[int, int] | None = None
+        self.last_step: int | None = None
+
+    def begin(self, step: int, token_grid: tuple[int, int] | None) -> None:
+        """Enter a transformer call at ``step``."""
+        if not 0 <= step < self.schedule.num_steps:
+            raise ScheduleMismatchError(
+                f"step {step} is outside the schedule's {self.schedule.num_steps} steps; run "
+                f"num_inference_steps={self.schedule.num_steps} or apply a schedule made for this step count"
+            )
+        self.branch = self.branch + 1 if step == self.last_step else 0
+        if step == 0 and self.branch == 0:
+            self._clear()
+        self.step = step
+        self.action = self.schedule.actions[step]
+        self.score_now = self._score_steps[step]
+        self.token_grid = token_grid
+
+    def end(self) -> None:
+        """Leave the transformer call; after a branch's last step its caches are no longer needed."""
+        if self.step == self.schedule.num_steps - 1:
+            self._clear(self.branch)
+        self.last_step = self.step
+        self.step = None
+        self.action = None
+
+    def _clear(self, branch: int | None = None) -> None:
+        for caches in self._caches:
+            caches.clear(branch)
+
+
+def _argument_position(forward: Callable[..., Any], name: str) -> int | None:
+    parameters = list(inspect.signature(forward).parameters)
+    return parameters.index(name) if name in parameters else None
+
+
+class StepTrackerHook(ModelHook):
+    """Transformer hook that publishes the step context for the duration of each call.
+
+    Args:
+        state: The shared step state.
+        scheduler: Returns the scheduler driving the loop (read per call: a pipeline's scheduler may be
+            swapped after ``apply``), or ``None`` when only ``handle.at_step`` can tell the step.
+        patch_size: Latent pixels per token side, to derive the token grid from the latent input.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, state: StepState, scheduler: Callable[[], Any] | None, patch_size: int | None) -> None:
+        super().__init__()
+        self.state = state
+        self.scheduler = scheduler
+        self.patch_size = patch_size
+        self._timestep_position: int | None = None
+
+    def initialize_hook(self, module: nn.Module) -> nn.Module:
+        self._timestep_position = _argument_position(module.forward, "timestep")
+        return module
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        step = state.forced_step if state.forced_step is not None else self._step_from_timestep(args, kwargs)
+        state.begin(step, self._token_grid(args, kwargs))
+        try:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        except BaseException:
+            state.reset()  # a half-updated cache must not be reused: the next call has to start at step 0
+            raise
+        state.end()
+        return output
+
+    def reset_state(self, module: nn.Module) -> nn.Module:
+        self.state.reset()
+        return module
+
+    def _step_from_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        if self.scheduler is None:
+            raise MissingStepContextError(
+                "cannot tell the denoising step of this transformer call: pass the scheduler that drives the "
+                "loop, apply(transformer, schedule, scheduler=pipe.scheduler), or wrap each call in "
+                "`with handle.at_step(i):`"
+            )
+        timestep = kwargs.get("timestep")
+        if timestep is None and self._timestep_position is not None and len(args) > self._timestep_position:
+            timestep = args[self._timestep_position]
+        timesteps = getattr(self.scheduler(), "timesteps", None)
+        if timestep is None or timesteps is None:
+            raise MissingStepContextError(
+                "the step index is read from the call's `timestep` in scheduler.timesteps, but "
+                f"{'the call has no timestep' if timestep is None else 'the scheduler has no timesteps'}; "
+                "use `with handle.at_step(i):` around the call"
+            )
+        self.state.schedule.check_compatible(num_steps=len(timesteps))
+        value = torch.as_tensor(timestep).reshape(-1)[0].to(timesteps.device, timesteps.dtype)
+        matches = (timesteps == value).nonzero().flatten().tolist()
+        if not matches:
+            raise MissingStepContextError(
+                f"timestep {value.item()} is not in the scheduler's timesteps; if another scheduler drives "
+                "the loop pass it with apply(..., scheduler=...), or use `with handle.at_step(i):`"
+            )
+        last = self.state.last_step
+        # Schedulers with repeated timesteps: take the first match not before the previous call's step.
+        return next((i for i in matches if last is not None and i >= last), matches[0])
+
+    def _token_grid(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int] | None:
+        latents = args[0] if args else kwargs.get("hidden_states")
+        if self.patch_size is None or not isinstance(latents, torch.Tensor) or latents.ndim != 4:
+            return None
+        return latents.shape[-2] // self.patch_size, latents.shape[-1] // self.patch_size

@@ -1,0 +1,206 @@
+"""``apply(target, schedule)``: make a diffusers pipeline or transformer follow a caching schedule.
+
+(The module is not called ``apply``: a submodule named like the function it exports would shadow it as an
+attribute of the package.)
+
+Everything is installed as diffusers ``ModelHook``s on ``HookRegistry``s, under the module-level names below,
+and removed by :meth:`CacheHandle.remove`, which restores every module exactly: unlike diffusers' own
+``remove_hook``, it also drops the ``forward`` left in the module's ``__dict__`` and the empty registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+from diffusers.hooks import HookRegistry, ModelHook
+from torch import nn
+
+from procache_opt.fingerprint import model_signature
+from procache_opt.runtime.blocks import BlockAdapter, adapter_for, transformer_blocks
+from procache_opt.runtime.context import StepState, StepTrackerHook
+from procache_opt.runtime.hooks import (
+    BlockCache,
+    BranchCacheHook,
+    CaptureHook,
+    ScoredSelfAttentionHook,
+    SelectiveFeedForwardHook,
+    UnusedNormHook,
+)
+from procache_opt.schedule import Action, Schedule
+
+__all__ = ["CacheHandle", "apply", "STEP_HOOK", "BRANCH_HOOK", "CAPTURE_HOOK", "NORM_HOOK"]
+
+STEP_HOOK = "procache_step"
+"""Hook on the transformer that publishes the step context."""
+BRANCH_HOOK = "procache_branch"
+"""Hook on each branch submodule (``attn1``, ``attn2``, ``ff``) that caches its output."""
+CAPTURE_HOOK = "procache_capture"
+"""Hook on deep blocks' ``to_q`` / ``to_k`` that keeps the projections for token scoring."""
+NORM_HOOK = "procache_norm"
+"""Hook on the norms feeding a single branch, skipping their work while that branch is reused."""
+
+_MISSING = object()
+
+
+class CacheHandle:
+    """An applied schedule. Use as a context manager, or call :meth:`remove` when done.
+
+    Example:
+        >>> from procache_opt import Schedule
+        >>> from procache_opt.testing import tiny_dit_pipeline
+        >>> pipe = tiny_dit_pipeline()
+        >>> with apply(pipe, Schedule.from_intervals([2, 2])) as handle:
+        ...     images = pipe(class_labels=[1], num_inference_steps=4, output_type="np").images
+        >>> handle.removed
+        True
+    """
+
+    def __init__(self, transformer: nn.Module, state: StepState) -> None:
+        self.transformer = transformer
+        self.state = state
+        self._attached: list[tuple[nn.Module, str, bool, object]] = []
+        self.removed = False
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.state.schedule
+
+    @contextmanager
+    def at_step(self, step: int) -> Iterator[None]:
+        """Run transformer calls as step ``step`` of the schedule, for loops the scheduler lookup can't follow.
+
+        A second call inside the same ``at_step`` (or with the same step) is a separate guidance branch.
+        """
+        self.state.forced_step = step
+        try:
+            yield
+        finally:
+            self.state.forced_step = None
+
+    def reset(self) -> None:
+        """Drop all cached tensors; the next transformer call must be step 0."""
+        self.state.reset()
+
+    def remove(self) -> None:
+        """Remove every hook and restore each module exactly as it was before :func:`apply` (idempotent)."""
+        for module, name, had_registry, forward in reversed(self._attached):
+            registry: HookRegistry = module._diffusers_hook
+            registry.remove_hook(name, recurse=False)
+            if registry.hooks:
+                continue  # someone else's hooks remain; diffusers has re-linked their chain
+            if forward is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = forward
+            if not had_registry:
+                del module._diffusers_hook
+        self._attached.clear()
+        registry = getattr(self.transformer, "_diffusers_hook", None)
+        if registry is not None:
+            registry.invalidate_child_registries_cache()
+        self.state.reset()
+        self.removed = True
+
+    def __enter__(self) -> CacheHandle:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.remove()
+
+    def _attach(self, module: nn.Module, name: str, hook: ModelHook) -> None:
+        had_registry = hasattr(module, "_diffusers_hook")
+        forward = module.__dict__.get("forward", _MISSING)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        self._attached.append((module, name, had_registry, forward))
+
+
+def apply(target: Any, schedule: Schedule, *, scheduler: Any = None) -> CacheHandle:
+    """Make ``target`` follow ``schedule`` until the returned handle is removed.
+
+    Args:
+        target: A DiT/PixArt-style diffusers pipeline (``DiTPipeline``, ``PixArtAlphaPipeline``,
+            ``PixArtSigmaPipeline``) or its transformer.
+        schedule: One action per denoising step. Warns if it was searched for another model.
+        scheduler: The scheduler driving a bare transformer; the step of each call is found from its
+            ``timestep`` in ``scheduler.timesteps``. Defaults to the pipeline's own scheduler. Without one,
+            wrap calls in ``handle.at_step(i)``.
+
+    Returns:
+        A :class:`CacheHandle` (a context manager; ``remove()`` restores the model exactly).
+
+    Raises:
+        UnsupportedModelError: the transformer or one of its block classes is not in the block registry.
+        RuntimeError: a schedule is already applied to this transformer.
+    """
+    transformer, scheduler_source = _resolve(target, scheduler)
+    blocks = transformer_blocks(transformer)
+    adapters = [adapter_for(block) for block in blocks]
+    model_class, fingerprint = model_signature(transformer)
+    schedule.check_compatible(model_class=model_class, model_fingerprint=fingerprint)
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None and registry.get_hook(STEP_HOOK) is not None:
+        raise RuntimeError(
+            f"a ProCache schedule is already applied to this {model_class}; call remove() on its handle first"
+        )
+
+    state = StepState(schedule)
+    handle = CacheHandle(transformer, state)
+    try:
+        patch_size = getattr(transformer.config, "patch_size", None)
+        handle._attach(transformer, STEP_HOOK, StepTrackerHook(state, scheduler_source, patch_size))
+        has_selective = Action.SELECTIVE in schedule.actions
+        deep_start = schedule.selective.deep_start(len(blocks)) if has_selective else len(blocks)
+        for layer, (block, adapter) in enumerate(zip(blocks, adapters, strict=True)):
+            cache = BlockCache(layer)
+            state.register(cache)
+            hooks = _block_hooks(handle, block, adapter, cache, deep=layer >= deep_start, num_layers=len(blocks))
+            for name, module in adapter.branches(block).items():
+                handle._attach(module, BRANCH_HOOK, hooks(name))
+            for name, norm in adapter.branch_input_norms(block).items():
+                refreshed = layer >= deep_start and name == adapter.feed_forward
+                handle._attach(norm, NORM_HOOK, UnusedNormHook(state, refreshed_on_selective=refreshed))
+        transformer._diffusers_hook.invalidate_child_registries_cache()
+    except BaseException:
+        handle.remove()
+        raise
+    return handle
+
+
+def _block_hooks(handle: CacheHandle, block: nn.Module, adapter: BlockAdapter, cache: BlockCache, *,
+                 deep: bool, num_layers: int) -> Callable[[str], ModelHook]:
+    """Hook factory for one block's branches: plain caching, or scoring and selective refresh if deep."""
+    state = handle.state
+    if not deep:
+        return lambda name: BranchCacheHook(name, state, cache)
+    query, key = CaptureHook(), CaptureHook()
+    for projection, capture in zip(adapter.query_key_projections(block), (query, key), strict=True):
+        handle._attach(projection, CAPTURE_HOOK, capture)
+
+    def make(name: str) -> ModelHook:
+        if name == adapter.self_attention:
+            return ScoredSelfAttentionHook(name, state, cache, block=block, adapter=adapter, query=query, key=key,
+                                           max_queries=state.schedule.selective.score_max_queries)
+        if name == adapter.feed_forward:
+            return SelectiveFeedForwardHook(name, state, cache, num_layers)
+        return BranchCacheHook(name, state, cache)
+
+    return make
+
+
+def _resolve(target: Any, scheduler: Any) -> tuple[nn.Module, Callable[[], Any] | None]:
+    """The transformer to hook and a getter for the scheduler that drives it."""
+    if isinstance(target, nn.Module):
+        return target, (None if scheduler is None else lambda: scheduler)
+    transformer = getattr(target, "transformer", None)
+    if not isinstance(transformer, nn.Module):
+        raise TypeError(
+            f"apply() needs a diffusers pipeline with a `transformer` (DiTPipeline, PixArtAlphaPipeline, "
+            f"PixArtSigmaPipeline) or a transformer module; got {type(target).__name__}"
+        )
+    if scheduler is not None:
+        return transformer, lambda: scheduler
+    return transformer, lambda: target.scheduler
