@@ -1,0 +1,124 @@
+"""procache_opt.search end to end on tiny random pipelines: budget, resume, failures, CLI."""
+
+import json
+
+import pytest
+
+import procache_opt
+from procache_opt.baselines import best_fora_within
+from procache_opt.cli import main
+from procache_opt.evaluate import Evaluator
+from procache_opt.testing import tiny_dit_pipeline
+
+FAST = {"num_inference_steps": 10, "calibration": 2, "heldout": None, "progress": False}
+
+
+def test_search_returns_a_schedule_within_budget_that_runs():
+    pipe = tiny_dit_pipeline(seed=0)
+    result = procache_opt.search(pipe, budget_flops=0.5, strategy="random", n_trials=5, monotone=None, **FAST)
+    best = result.best
+    assert best.num_steps == 10 and result.best_trial.flops_ratio <= 0.5
+    assert len(result.trials) == 5 and all(t.ok for t in result.trials)
+    assert result.trials[0].schedule == best_fora_within(
+        Evaluator(pipe, result_calibration(result), 10).costs, 0.5, selective=True)
+    assert best.metadata["value"] == min(t.value for t in result.trials if t.flops_ratio <= 0.5)
+    with procache_opt.apply(pipe, best):
+        images = pipe(class_labels=[1], num_inference_steps=10, output_type="np").images
+    assert images.shape[0] == 1
+
+
+def result_calibration(result):
+    return procache_opt.Calibration.from_dict(result.config["calibration"])
+
+
+def test_probe_chooses_a_direction_and_heldout_compares_with_fora():
+    result = procache_opt.search(tiny_dit_pipeline(seed=1), budget_flops=0.5, strategy="constrained_sampling",
+                                 n_trials=4, num_inference_steps=10, calibration=2, heldout=2, progress=False)
+    probe = result.heldout["probe"]
+    assert probe["direction"] in ("increasing", "decreasing", None) and len(probe["reuse_error"]) >= 2
+    assert result.config["space"]["monotone"] == probe["direction"]
+    assert set(result.heldout["best"]["scores"]) >= {"feature_error", "psnr", "latency"}
+    assert result.heldout["fora_baseline"]["flops_ratio"] <= 0.5
+    assert any(line.startswith("held-out (2 samples)") for line in result.summary_lines)
+
+
+def test_resume_replays_and_evaluates_only_new_schedules(tmp_path, monkeypatch):
+    calls = []
+    original = Evaluator.evaluate
+
+    def counting(self, schedule):
+        calls.append(schedule.pattern)
+        return original(self, schedule)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    kwargs = dict(budget_flops=0.5, strategy="random", monotone=None, storage=str(tmp_path / "s"), **FAST)
+    first = procache_opt.search(tiny_dit_pipeline(seed=0), n_trials=3, **kwargs)
+    assert len(calls) == 3
+    calls.clear()
+    second = procache_opt.search(tiny_dit_pipeline(seed=0), n_trials=5, **kwargs)
+    assert len(calls) == 2 and len(second.trials) == 5
+    assert second.trials[:3] == first.trials
+    assert not set(calls) & {t.schedule.pattern for t in first.trials}
+    with pytest.raises(ValueError, match="different search"):
+        procache_opt.search(tiny_dit_pipeline(seed=0), n_trials=5, **{**kwargs, "budget_flops": 0.4})
+
+
+def test_failed_trials_are_recorded_and_the_search_goes_on(monkeypatch):
+    original = Evaluator.evaluate
+
+    def flaky(self, schedule):
+        if schedule.pattern[1] == 0:
+            raise FloatingPointError("NaN in the cached output")
+        return original(self, schedule)
+
+    monkeypatch.setattr(Evaluator, "evaluate", flaky)
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.6, strategy="exhaustive",
+                                 n_trials=30, monotone=None, v_max=3, **FAST)
+    failed = [t for t in result.trials if not t.ok]
+    assert failed and all("NaN in the cached output" in t.error for t in failed)
+    assert result.best.pattern[1] != 0
+
+
+def test_bad_arguments_fail_clearly():
+    pipe = tiny_dit_pipeline(seed=0)
+    with pytest.raises(ValueError, match="budget_flops must be in"):
+        procache_opt.search(pipe, budget_flops=1.5)
+    with pytest.raises(KeyError, match="unknown strategy 'nope'; available: .*tpe"):
+        procache_opt.search(pipe, strategy="nope", monotone=None, **FAST)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['bogus'\\]"):
+        procache_opt.search(pipe, strategy="random", bogus=1, monotone=None, **FAST)
+    with pytest.raises(ValueError, match="neither a bundled model"):
+        procache_opt.search("no/such/folder", **FAST)
+
+
+def test_cli_search_writes_schedule_and_report(tmp_path, capsys):
+    folder = tmp_path / "pipe"
+    tiny_dit_pipeline(seed=0).save_pretrained(folder)
+    out = tmp_path / "out"
+    code = main(["search", "--model", str(folder), "--budget", "0.5", "--strategy", "random", "--trials", "3",
+                 "--steps", "10", "--samples", "2", "--heldout", "2", "--monotone", "none", "--no-progress",
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| best |" in printed and "| fora_baseline |" in printed
+    schedule = procache_opt.Schedule.load(out / "schedule.json")
+    assert schedule.num_steps == 10
+    assert json.loads((out / "result.json").read_text())["trials"]
+    for name in ("convergence.png", "before_after.png", "summary.md"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_cli_reports_bad_input_without_traceback(capsys):
+    assert main(["search", "--model", "no/such/folder", "--no-progress"]) == 2
+    assert "error: model 'no/such/folder' is neither" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["search", "--budget", "2"])
+    assert "--budget is a fraction" in capsys.readouterr().err
+
+
+def test_cli_lists_plugins(capsys):
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert "constrained_sampling" in out and "evolutionary" in out
+    assert main(["objectives"]) == 0
+    assert "feature_error" in capsys.readouterr().out
