@@ -73,6 +73,7 @@ def search(
     v_min: int = 0,
     v_max: int | None = None,
     include_baseline: bool = True,
+    multi_objective: bool = False,
     backend: Literal["local", "ray"] | Backend = "local",
     backend_options: Mapping[str, Any] | None = None,
     seed: int = 0,
@@ -110,6 +111,9 @@ def search(
         v_max: Longest reuse run (default: :func:`default_v_max`).
         include_baseline: Evaluate the best FORA schedule within the budget first, so the result is never
             worse than it on the calibration set.
+        multi_objective: Let the strategy optimise each objective and the FLOPs ratio as separate goals
+            (``tpe`` and ``evolutionary`` support it); ``result.pareto`` then serves every budget up to
+            ``budget_flops``.
         backend: ``"local"``, ``"ray"`` (one worker per GPU, see ``backend_options``) or a Backend.
         backend_options: Keyword arguments for the Ray backend (``num_workers``, ``address``, ...).
         seed: Seeds the strategy (the same seed gives the same proposals).
@@ -163,6 +167,14 @@ def search(
     )
     summary.append(f"space: {space.describe()}")
     strategy_name = strategy if isinstance(strategy, str) else type(strategy).name or type(strategy).__name__
+    if multi_objective:
+        if isinstance(strategy, str) and "objectives" not in inspect.signature(STRATEGIES.get(strategy)).parameters:
+            raise ValueError(
+                f"strategy {strategy!r} optimises one loss; multi_objective=True needs a strategy with an "
+                "`objectives` argument, e.g. 'tpe' or 'evolutionary'"
+            )
+        goals = spec.objective_set().directions() | {"flops_ratio": "minimize"}
+        strategy_kwargs = {**strategy_kwargs, "objectives": list(goals), "directions": list(goals.values())}
     inner = STRATEGIES.create(strategy, space, seed=seed, **strategy_kwargs) if isinstance(strategy, str) else strategy
     baseline = best_fora_within(costs, budget_flops, selective=selective_cfg is not None)
     proposer = Enqueued(inner, [baseline]) if include_baseline else inner
@@ -179,6 +191,7 @@ def search(
         "calibration": spec.calibration.to_dict(),
         "space": space.to_dict(),
         "include_baseline": include_baseline,
+        "multi_objective": multi_objective,
         "seed": seed,
     }
     store = open_store(storage)

@@ -122,3 +122,15 @@ def test_cli_lists_plugins(capsys):
     assert "constrained_sampling" in out and "evolutionary" in out
     assert main(["objectives"]) == 0
     assert "feature_error" in capsys.readouterr().out
+
+
+def test_multi_objective_search_returns_a_pareto_front():
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.6, strategy="evolutionary", n_trials=8,
+                                 multi_objective=True, monotone=None, population_size=4, **FAST)
+    front = result.pareto
+    assert front and all(t.flops_ratio <= 0.6 for t in front)
+    ratios = [t.flops_ratio for t in front]
+    assert ratios == sorted(ratios) and [t.value for t in front] == sorted((t.value for t in front), reverse=True)
+    with pytest.raises(ValueError, match="multi_objective=True needs a strategy with an `objectives` argument"):
+        procache_opt.search(tiny_dit_pipeline(seed=0), strategy="random", multi_objective=True, monotone=None,
+                            **FAST)
