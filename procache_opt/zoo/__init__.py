@@ -1,0 +1,55 @@
+"""Trained models bundled with the package, so searches and tests run with no network access.
+
+`dit-digits` is a small class-conditional latent DiT in the exact form of `facebook/DiT-XL-2-256`
+(`DiTPipeline` = `AutoencoderKL` + `DiTTransformer2DModel` with ada_norm_zero + `DDIMScheduler`), trained
+on scikit-learn's handwritten digits by `procache_opt.zoo.train_digits`. Anything written for DiT-XL/2 in
+diffusers runs on it unchanged, in about a second on a CPU. See docs/zoo.md.
+"""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import torch
+from diffusers import DiTPipeline
+
+_HERE = Path(__file__).resolve().parent
+
+#: Bundled model name -> folder (inside this package) holding a diffusers `save_pretrained` layout.
+_MODELS: dict[str, Path] = {"dit-digits": _HERE / "dit-digits"}
+
+
+class UnknownModelError(ValueError, KeyError):
+    """A name that is not a bundled model; catchable as ValueError or KeyError (it is a lookup by name)."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would quote the message; keep it readable.
+        return str(self.args[0])
+
+
+def list() -> builtins.list[str]:
+    """Names of the bundled models, sorted (shadows the builtin here because the API is `zoo.list()`)."""
+    return sorted(_MODELS)
+
+
+def path(name: str) -> Path:
+    """Folder of a bundled model, loadable with `DiTPipeline.from_pretrained` directly."""
+    if name not in _MODELS:
+        raise UnknownModelError(f"unknown zoo model {name!r}; known models: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def load(
+    name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> DiTPipeline:
+    """A ready `DiTPipeline` for a bundled model, read from the package (never from the network).
+
+    The weights are stored in fp16 to keep the package small; `dtype=None` loads them as float32 (diffusers'
+    default), because fp16 matmuls on CPU are slow or missing. Pass `dtype=torch.float16` on a GPU.
+    """
+    kwargs = {} if dtype is None else {"torch_dtype": dtype}
+    pipe = DiTPipeline.from_pretrained(path(name), local_files_only=True, **kwargs)
+    if device is not None:
+        pipe = pipe.to(device)
+    return pipe
