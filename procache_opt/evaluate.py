@@ -97,6 +97,9 @@ class Evaluator:
                 f"{num_inference_steps}, {batch_size}, {timing_repeats}"
             )
         self.pipe = pipe
+        if hasattr(pipe, "set_progress_bar_config"):
+            # An evaluator runs the pipeline hundreds of times; a bar per call would bury the search's own.
+            pipe.set_progress_bar_config(disable=True)
         self.calibration = calibration
         self.num_inference_steps = num_inference_steps
         self.guidance_scale = guidance_scale
