@@ -30,7 +30,7 @@ _LAZY = {
     "step_costs": "procache_opt.flops",
     "Calibration": "procache_opt.calibration",
     "Evaluator": "procache_opt.evaluate",
-    "compare": "procache_opt.comparison",
+    "compare": "procache_opt.compare",
     "zoo": "procache_opt.zoo",
 }
 
@@ -64,6 +64,7 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'procache_opt' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
-    value = module if name == "zoo" else getattr(module, name)
+    # ``zoo`` is a module of functions; ``compare`` is a module that is itself callable.
+    value = module if name in ("zoo", "compare") else getattr(module, name)
     globals()[name] = value
     return value

@@ -5,6 +5,7 @@
     procache-opt flops --model dit-xl-2-256 --steps 50 [--schedule runs/x/schedule.json]
     procache-opt strategies | objectives
     procache-opt sweep sweep.yaml [--address auto]
+    procache-opt compare --model dit-digits --budgets 0.5,0.35 --strategies tpe,random --trials 24 --seeds 5
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(kind, help=f"list registered {kind}")
         p.set_defaults(func=_cmd_list, kind=kind)
 
+    c = sub.add_parser("compare", help="compare strategies and caching baselines (tables, figures, report)")
+    from procache_opt.compare.command import add_arguments as add_compare_arguments
+
+    add_compare_arguments(c)
+    c.set_defaults(func=_cmd_compare)
+
     w = sub.add_parser("sweep", help="run a grid of searches from a YAML file (locally or on Ray)")
     w.add_argument("config", help="sweep YAML (see examples/sweep.yaml)")
     w.add_argument("--address", default=None, help="Ray address, e.g. auto")
@@ -161,6 +168,12 @@ def _cmd_list(args: argparse.Namespace) -> None:
     for name in registry.available():
         doc = (registry.get(name).__doc__ or "").strip().splitlines()
         print(f"{name:24s} {doc[0] if doc else ''}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from procache_opt.compare.command import run
+
+    print(f"wrote {run(args)}")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:

@@ -1,0 +1,183 @@
+"""The baseline rows of a comparison, each at a cost matched to the searched schedules.
+
+* FORA (Selvaraju et al. 2024, arXiv 2407.01425): full computation every ``n`` steps, reuse in between
+  (``n`` = 2, 3, 4, whatever the budget).
+* FORA plus ProCache's selective computation (arXiv 2512.17298, Eq. 7): the shortest FORA interval whose
+  counted FLOPs fit the budget, with every second reused step made SELECTIVE.
+* ToCa-style token caching (Zou et al. 2024, arXiv 2410.05317) on a fixed interval: every non-full step is
+  SELECTIVE with ``SelectiveConfig(deep_fraction=1.0)``, so *all* blocks recompute the feed-forward branch of
+  their most important tokens and reuse the rest. An approximation of ToCa: ToCa also caches and refreshes
+  attention tokens and picks tokens with its own scores; here the attention branch is reused whole and tokens
+  are picked by ProCache's scores (attention received, staleness, spatial bonus). The interval is the shortest
+  whose counted FLOPs fit the budget.
+* Fewer denoising steps at equal FLOPs: ``k = round(budget * T)`` plain DDIM steps, scored against the
+  ``T``-step full computation on the same noise and labels.
+* diffusers' caches (First-Block-Cache, TaylorSeer, MagCache, FasterCache, PAB; see
+  :mod:`procache_opt.compare.diffusers_caches`): each cache's main knob is tried over a small grid and the
+  setting whose measured speedup is closest to that of the searched schedule at the budget is kept. Their
+  FLOPs are not counted (they decide at run time what to skip); their branch-evaluation share is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from procache_opt.baselines import best_fora_within, fora
+from procache_opt.compare.diffusers_caches import CACHES, DiffusersCache
+from procache_opt.compare.measure import Bench, Measured, Method
+from procache_opt.costs import StepCosts
+from procache_opt.flops import step_costs
+from procache_opt.schedule import Action, Schedule, SelectiveConfig
+
+__all__ = ["OURS", "Row", "TOCA_SELECTIVE", "fixed_methods", "matched_methods", "toca_style", "closest_setting",
+           "run_rows"]
+
+logger = logging.getLogger("procache_opt.compare")
+
+#: Family name of the searched schedule's rows, measured like every baseline.
+OURS = "ProCache, searched"
+
+#: ToCa-style selective computation: every block, not only ProCache's deep quarter.
+TOCA_SELECTIVE = SelectiveConfig(deep_fraction=1.0)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the baselines table.
+
+    Attributes:
+        group: ``"fixed"`` (budget-independent rows) or the budget the row is matched to, e.g. ``"0.5"``.
+        family: The method's name.
+        setting: Its setting in words.
+        measured: Its measurements, or ``None`` when it could not run (then ``reason`` says why).
+        reason: Why the method is not applicable here.
+    """
+
+    group: str
+    family: str
+    setting: str
+    measured: Measured | None = None
+    reason: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}|{self.family}|{self.setting}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "family": self.family, "setting": self.setting, "reason": self.reason,
+                "measured": self.measured.to_dict() if self.measured is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Row:
+        measured = Measured.from_dict(data["measured"]) if data.get("measured") else None
+        return cls(data["group"], data["family"], data["setting"], measured, data.get("reason", ""))
+
+
+def toca_style(num_steps: int, interval: int) -> Schedule:
+    """FULL every ``interval`` steps, SELECTIVE (all blocks, :data:`TOCA_SELECTIVE`) on every other step."""
+    pattern = [Action.FULL if t % interval == 0 else Action.SELECTIVE for t in range(num_steps)]
+    return Schedule.from_pattern(pattern, selective=TOCA_SELECTIVE)
+
+
+def _shortest_within(make: Callable[[int], Schedule], costs: StepCosts, budget: float) -> Schedule:
+    for interval in range(1, costs.num_steps + 1):
+        schedule = make(interval)
+        if costs.ratio(schedule) <= budget:
+            return schedule
+    raise ValueError(f"no interval fits a FLOPs budget of {budget}")
+
+
+def fixed_methods(num_steps: int) -> list[Method]:
+    """FORA with intervals 2, 3 and 4: the budget-independent rows."""
+    return [Method("FORA", f"interval={n}", schedule=fora(num_steps, n)) for n in (2, 3, 4)]
+
+
+def matched_methods(transformer: Any, num_steps: int, budget: float, guidance: bool) -> list[Method]:
+    """FORA + selective, ToCa-style and fewer steps, each at most ``budget`` counted FLOPs."""
+    costs = step_costs(transformer, num_steps, guidance=guidance)
+    fora_sel = best_fora_within(costs, budget, selective=True)
+    toca_costs = step_costs(transformer, num_steps, selective=TOCA_SELECTIVE, guidance=guidance)
+    toca = _shortest_within(lambda n: toca_style(num_steps, n), toca_costs, budget)
+    steps = max(1, round(budget * num_steps))
+    return [
+        Method("FORA + selective (Eq. 7)", f"interval={fora_sel.intervals[0]}", schedule=fora_sel),
+        Method("ToCa-style (all blocks selective)", f"interval={toca.intervals[0]}", schedule=toca),
+        Method("Fewer DDIM steps", f"{steps} steps", steps=steps),
+    ]
+
+
+def closest_setting(speedups: Mapping[float, float], target: float) -> float:
+    """The knob whose measured speedup is closest to ``target`` (ties: the first in grid order)."""
+    if not speedups:
+        raise ValueError("no setting was measured")
+    return min(speedups, key=lambda knob: abs(speedups[knob] - target))
+
+
+def run_rows(bench: Bench, ours: Mapping[str, Method], transformer: Any, done: Mapping[str, Row],
+             save: Callable[[Row, Any], None], grid: dict[str, dict[float, float]],
+             save_grid: Callable[[], None], progress: Callable[[str], None]) -> list[Row]:
+    """Measure every baseline row not in ``done``; ``save`` persists each row (and its images) as it finishes.
+
+    Args:
+        bench: Scores and times every method.
+        ours: The searched schedule of each budget, by group label (``"0.5"``), as a :class:`Method`.
+        transformer: The pipeline's transformer (for FLOPs counting).
+        done: Rows measured before an interruption, by :attr:`Row.key`.
+        save: Called with each new row and its images.
+        grid: Measured speedup of each diffusers cache setting, by method and knob (filled in and reused).
+        save_grid: Persists ``grid`` after each new measurement.
+        progress: Called with a short description before each measurement.
+    """
+    steps = bench.num_inference_steps
+    guidance = bench.guidance_scale > 1
+    rows = [_measure(bench, "fixed", m, done, save, progress) for m in fixed_methods(steps)]
+    for group, our_method in ours.items():
+        ours_row = _measure(bench, group, our_method, done, save, progress)
+        rows.append(ours_row)
+        for method in matched_methods(transformer, steps, float(group), guidance):
+            rows.append(_measure(bench, group, method, done, save, progress))
+        target = ours_row.measured.speedup if ours_row.measured else 1.0
+        for name in CACHES:
+            rows.append(_tuned_cache(bench, group, name, target, grid, save_grid, done, save, progress))
+    return rows
+
+
+def _measure(bench: Bench, group: str, method: Method, done: Mapping[str, Row],
+             save: Callable[[Row, Any], None], progress: Callable[[str], None],
+             speedup: float | None = None) -> Row:
+    row = Row(group, method.family, method.setting)
+    if row.key in done:
+        return done[row.key]
+    progress(f"{group}: {method.family} {method.setting}")
+    measured, images = bench.measure(method, time_it=speedup is None)
+    if speedup is not None:
+        measured = Measured(measured.flops_ratio, measured.compute_share, speedup, measured.scores,
+                            measured.per_sample)
+    row = Row(group, method.family, method.setting, measured)
+    save(row, images)
+    return row
+
+
+def _tuned_cache(bench: Bench, group: str, name: str, target: float, grid: dict[str, dict[float, float]],
+                 save_grid: Callable[[], None], done: Mapping[str, Row], save: Callable[[Row, Any], None],
+                 progress: Callable[[str], None]) -> Row:
+    """Time each knob of one diffusers cache (once for all budgets), keep the one nearest ``target``."""
+    kind = CACHES[name]
+    try:
+        measured = grid.setdefault(name, {})
+        for knob in kind.grid:
+            if knob not in measured:
+                progress(f"timing {kind.title} {kind.knob}={knob:g}")
+                measured[knob] = bench.speedup(Method(kind.title, "", cache=DiffusersCache(name, knob)))
+                save_grid()
+        knob = closest_setting(measured, target)
+        method = Method(kind.title, f"{kind.knob}={knob:g}", cache=DiffusersCache(name, knob))
+        return _measure(bench, group, method, done, save, progress, speedup=measured[knob])
+    except Exception as exc:  # a cache that cannot run on this model is a result (a "not applicable" row)
+        logger.warning("%s does not run on this pipeline: %s", kind.title, exc)
+        row = Row(group, kind.title, "", reason=f"not applicable: {type(exc).__name__}: {exc}")
+        save(row, None)
+        return row

@@ -1,0 +1,103 @@
+"""``procache-opt compare`` and ``benchmarks/compare_report.py``: one set of arguments, one code path.
+
+Example (what the CLI's sub-command does)::
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    run(parser.parse_args(["--budgets", "0.5", "--strategies", "tpe,random", "--trials", "10", "--seeds", "3"]))
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from procache_opt.compare.result import CompareResult
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the comparison's options to ``parser`` (defaults: the CLI's; scripts may ``set_defaults``)."""
+    parser.add_argument("--model", default="dit-digits", help="zoo name or pipeline folder (default: dit-digits)")
+    parser.add_argument("--budgets", default="0.5,0.35", help="FLOPs budgets, comma-separated")
+    parser.add_argument("--strategies", default="constrained_sampling,tpe,evolutionary,random",
+                        help="strategy names, comma-separated")
+    parser.add_argument("--trials", type=int, default=20, help="evaluations per search, every strategy")
+    parser.add_argument("--seeds", type=int, default=5, help="searches per (budget, strategy)")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--guidance", type=float, default=4.0, help="guidance scale")
+    parser.add_argument("--calibration", type=int, default=8, help="samples each search is scored on")
+    parser.add_argument("--heldout", type=int, default=16, help="held-out samples for every judgement")
+    parser.add_argument("--timing-repeats", type=int, default=5, help="timed (full, method) pairs per speedup")
+    parser.add_argument("--timing-samples", type=int, default=2, help="samples per timed generation")
+    parser.add_argument("--no-baselines", action="store_true", help="compare strategies only")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", default="runs/compare", help="results folder; rerun to resume")
+    parser.add_argument("--report", default=None, help="Markdown report (default: OUT/report.md)")
+    parser.add_argument("--assets", default=None, help="tables and figures (default: OUT/report/)")
+    parser.add_argument("--fresh", action="store_true", help="delete OUT first: regenerate from scratch")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT")
+    parser.add_argument("--note", action="append", default=[], help="a caveat to add to the report")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace, command: str = "procache-opt compare") -> Path:
+    """Run (or resume) the comparison ``args`` describe and write its report; returns the report's path.
+
+    ``command`` is how the report shows the invocation that regenerates it (with ``args`` as given).
+    """
+    import torch
+
+    from procache_opt.compare import result as stored
+    from procache_opt.compare.harness import compare
+    from procache_opt.compare.report import write_report
+
+    out = Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    elapsed_file = out / "elapsed.json"
+    if not args.report_only:
+        start = time.perf_counter()
+        compare(args.model, budgets=[float(b) for b in args.budgets.split(",")],
+                strategies=args.strategies.split(","), n_trials=args.trials, seeds=args.seeds, out=out,
+                progress=not args.no_progress, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                calibration=args.calibration, heldout=args.heldout, timing_repeats=args.timing_repeats,
+                timing_samples=args.timing_samples, baselines=not args.no_baselines)
+        runs = _runs(elapsed_file)
+        elapsed_file.write_text(json.dumps({"runs": [*runs, time.perf_counter() - start]}))
+    runs = _runs(elapsed_file)
+    notes = list(args.note)
+    if len(runs) > 1:
+        notes.append(f"The comparison ran in {len(runs)} invocations (interrupted and resumed); its time is their sum.")
+    result = stored.CompareResult.load(out)
+    shown = " ".join([command, "--fresh", *_flags(result, args)])  # from scratch; without --fresh it resumes
+    return write_report(result, args.report or out / "report.md", args.assets or out / "report",
+                        ["pip install -e .", shown], elapsed_s=sum(runs) or None, notes=notes)
+
+
+def _runs(path: Path) -> list[float]:
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+
+def _flags(result: CompareResult, args: argparse.Namespace) -> list[str]:
+    """The flags that reproduce ``result``: its stored settings, not whatever this invocation was given."""
+    c = result.config
+    flags = {
+        "--model": c.model, "--budgets": ",".join(f"{b:g}" for b in c.budgets),
+        "--strategies": ",".join(c.strategies), "--trials": c.n_trials, "--seeds": c.seeds,
+        "--steps": c.num_inference_steps, "--guidance": f"{c.guidance_scale:g}",
+        "--calibration": c.calibration, "--heldout": c.heldout, "--timing-repeats": c.timing_repeats,
+        "--timing-samples": c.timing_samples, "--threads": result.setup.get("threads"), "--out": args.out,
+        "--report": args.report, "--assets": args.assets,
+    }
+    shown = [f"{flag} {shlex.quote(str(value))}" for flag, value in flags.items() if value is not None]
+    return shown + ([] if c.baselines else ["--no-baselines"])
