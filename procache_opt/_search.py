@@ -23,7 +23,7 @@ from procache_opt.calibration import Calibration
 from procache_opt.dynamics import DynamicsReport, probe_reuse_sensitivity
 from procache_opt.engine import SearchLoop
 from procache_opt.fingerprint import model_signature
-from procache_opt.models import load_pipeline
+from procache_opt.models import IN_PROCESS, load_pipeline, worker_model_spec
 from procache_opt.objective import OBJECTIVES
 from procache_opt.result import SearchResult
 from procache_opt.schedule import Schedule, SelectiveConfig
@@ -134,7 +134,7 @@ def search(
     pipe = load_pipeline(model, device=device, dtype=dtype)
     selective_cfg = SelectiveConfig() if selective is True else (selective or None)
     spec = EvaluationSpec(
-        model=model if isinstance(model, str) else "<in-process pipeline>",
+        model=worker_model_spec(model),
         calibration=calibration if isinstance(calibration, Calibration)
         else Calibration.default(pipe, num_samples=calibration, split="search"),
         objectives=_objective_weights(objective),
@@ -143,6 +143,7 @@ def search(
         guidance_scale=guidance_scale if guidance_scale is not None else _default_guidance(pipe),
         selective=selective_cfg or SelectiveConfig(),
         device=device,
+        dtype=str(dtype).removeprefix("torch.") if dtype is not None else None,
     )
     evaluator = spec.build_evaluator(pipe)
     costs = evaluator.costs
@@ -238,7 +239,7 @@ def _make_backend(backend: str | Backend, spec: EvaluationSpec, evaluator: Any,
             raise TypeError(f"backend='local' takes no backend_options, got {sorted(options)}")
         return LocalBackend(evaluator.evaluate)
     if backend == "ray":
-        if spec.model == "<in-process pipeline>":
+        if spec.model == IN_PROCESS:
             raise ValueError(
                 "backend='ray' ships the model to workers by name: pass a zoo name, a pipeline folder or a "
                 "picklable factory as `model`, not a pipeline object"

@@ -177,9 +177,9 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from procache_opt.sweep import run_sweep
+    from procache_opt.sweep import run_sweep, summary_markdown
 
-    run_sweep(args.config, address=args.address, out=args.out)
+    print(summary_markdown(run_sweep(args.config, address=args.address, out=args.out)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,10 +12,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelSpec", "load_pipeline", "is_pipeline"]
+__all__ = ["ModelSpec", "IN_PROCESS", "load_pipeline", "is_pipeline", "worker_model_spec"]
 
 #: A zoo name, a local pipeline folder, or a zero-argument callable returning a pipeline.
 ModelSpec = str | Path | Callable[[], Any]
+
+
+#: Stands for a pipeline object that only exists in the driver's process (it cannot be sent to workers).
+IN_PROCESS = "<in-process pipeline>"
+
+
+def worker_model_spec(model: Any) -> ModelSpec:
+    """What a worker can rebuild ``model`` from: names and folders as text, factories as they are."""
+    if isinstance(model, (str, Path)):
+        return str(model)
+    if callable(model) and not is_pipeline(model):
+        return model
+    return IN_PROCESS
 
 
 def is_pipeline(obj: Any) -> bool:

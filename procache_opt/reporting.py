@@ -54,12 +54,12 @@ def write_search_outputs(result: SearchResult, model: Any, out: Path) -> str:
 def before_after(model: Any, result: SearchResult, path: Path, num_samples: int = 8) -> Path:
     """Full computation (top row) against the best schedule (bottom row) on the same noise and conditions."""
     from procache_opt.calibration import Calibration
-    from procache_opt.models import load_pipeline
+    from procache_opt.models import load_pipeline, worker_model_spec
     from procache_opt.spec import EvaluationSpec
 
     pipe = load_pipeline(model)
     spec = EvaluationSpec(
-        model=model if isinstance(model, str) else "<in-process pipeline>",
+        model=worker_model_spec(model),
         calibration=Calibration.default(pipe, num_samples=num_samples, split="heldout"),
         objectives={"psnr": 1.0},
         num_inference_steps=result.best.num_steps,
