@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 
 from procache_opt._capture import capture, check_feature_names
 from procache_opt._reference_cache import ReferenceCache
+from procache_opt._timing import timed_call
 from procache_opt.calibration import Calibration
 from procache_opt.costs import StepCosts
 from procache_opt.flops import step_costs
@@ -221,15 +221,5 @@ class Evaluator:
         and cache set-up, which is not the steady-state speed a schedule is chosen for.
         """
         first = next(self.calibration.batches(self.batch_size))
-        device = self.pipe.device
-        seconds = []
-        for _ in range(1 + self.timing_repeats):
-            kwargs = self._call_kwargs(first)
-            if device.type != "cpu":
-                torch.accelerator.synchronize(device)
-            start = time.perf_counter()
-            self.pipe(**kwargs)
-            if device.type != "cpu":
-                torch.accelerator.synchronize(device)
-            seconds.append(time.perf_counter() - start)
+        seconds = [timed_call(self.pipe, self._call_kwargs(first)) for _ in range(1 + self.timing_repeats)]
         return seconds[1:]

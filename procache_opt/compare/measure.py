@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from procache_opt._timing import timed_call
 from procache_opt.calibration import Calibration
 from procache_opt.compare.diffusers_caches import DiffusersCache, apply_diffusers_cache
 from procache_opt.evaluate import EvaluatedRun, Evaluator
@@ -197,15 +197,8 @@ class Bench:
         """Seconds of one generation of the first ``timing_samples`` held-out samples, decoding included."""
         first = next(self.heldout.batches(self.timing_samples))
         kwargs = call_kwargs(self.pipe, first, steps, self.guidance_scale)
-        device = self.pipe.device
         with context(), torch.no_grad():
-            if device.type != "cpu":
-                torch.accelerator.synchronize(device)
-            start = time.perf_counter()
-            self.pipe(**kwargs)
-            if device.type != "cpu":
-                torch.accelerator.synchronize(device)
-            return time.perf_counter() - start
+            return timed_call(self.pipe, kwargs)
 
 
 def call_kwargs(pipe: Any, calibration: Calibration, steps: int, guidance_scale: float) -> dict[str, Any]:
