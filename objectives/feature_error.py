@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from procache_opt.objectives._common import paired
 
 from procache_opt._capture import is_feature_name
 from procache_opt.objective import Objective, RunOutputs, Score
-from procache_opt.objectives._common import paired
 
 __all__ = ["FeatureError"]
 

@@ -6,10 +6,10 @@ rather than recast as losses: the numbers stay the ones papers report.
 
 from __future__ import annotations
 
+from procache_opt.objectives._common import paired
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from procache_opt.objective import Objective, RunOutputs, Score
-from procache_opt.objectives._common import paired
 
 __all__ = ["PSNR", "SSIM"]
 

@@ -14,10 +14,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from procache_opt.objectives._common import paired
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
 from procache_opt.objective import Objective, RunOutputs, Score
-from procache_opt.objectives._common import paired
 
 __all__ = ["LPIPSObjective", "LPIPSWeightsUnavailableError", "RANDOM_BACKBONE"]
 

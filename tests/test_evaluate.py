@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DiTPipeline
+from procache_opt.objectives.feature_error import FeatureError
 
 from procache_opt import Calibration, Schedule, ScheduleMismatchError, testing
 from procache_opt.evaluate import Evaluator, NonFiniteOutputError
-from procache_opt.objectives.feature_error import FeatureError
 
 STEPS = 4
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
+import procache_opt.objectives as objectives
 import pytest
 import torch
-
-import procache_opt.objectives as objectives
-from procache_opt import Calibration, Schedule
-from procache_opt.conformance.objectives import ObjectiveConformance
-from procache_opt.evaluate import Evaluator
-from procache_opt.objective import RunOutputs
 from procache_opt.objectives.feature_error import FeatureError
 from procache_opt.objectives.flops_ratio import FlopsRatio
 from procache_opt.objectives.image_metrics import PSNR, SSIM
 from procache_opt.objectives.latency import Latency
 from procache_opt.objectives.lpips_objective import LPIPSObjective, LPIPSWeightsUnavailableError
+
+from procache_opt import Calibration, Schedule
+from procache_opt.conformance.objectives import ObjectiveConformance
+from procache_opt.evaluate import Evaluator
+from procache_opt.objective import RunOutputs
 
 RANDOM_LPIPS = {"backbone_weights": "random_NOT_LPIPS"}
 

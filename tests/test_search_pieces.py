@@ -2,12 +2,12 @@
 
 import pytest
 
+from procache_opt._search import default_v_max
 from procache_opt.baselines import best_fora_within, fora
 from procache_opt.costs import StepCosts
 from procache_opt.dynamics import choose_direction, probe_reuse_sensitivity
 from procache_opt.result import SearchResult, pareto_front
 from procache_opt.schedule import Schedule
-from procache_opt._search import default_v_max
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
 from procache_opt.strategy_wrappers import Enqueued
 
@@ -61,7 +61,7 @@ def test_result_best_respects_budget_and_round_trips(tmp_path):
     assert back.trials == trials and back.best == result.best
     failed = SearchResult([_trial(0, [1, 0, 0], None, 0.3, TrialStatus.FAILED)], config={"budget_flops": 0.5})
     with pytest.raises(RuntimeError, match="no trial completed"):
-        failed.best_trial
+        _ = failed.best_trial
 
 
 def test_default_v_max_leaves_room():
