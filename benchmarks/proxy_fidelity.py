@@ -91,7 +91,9 @@ def load_pipeline(name: str) -> Any:
         return tiny_dit_pipeline()
     from procache_opt import zoo
 
-    return zoo.load(name)
+    pipe = zoo.load(name)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def main(argv: Sequence[str] | None = None) -> None:
