@@ -3,7 +3,8 @@
 The function wires the pieces together and owns no algorithm of its own:
 
 1. count the model's per-step costs (``procache_opt.flops``) and build the constrained space,
-2. probe where the model tolerates reuse to choose the direction of the interval constraint (optional),
+2. probe where the model tolerates reuse to choose the direction of the interval constraint, and run the FORA
+   start point with and without a first-order forecast of reused outputs to choose how to reuse (optional),
 3. let a strategy propose, evaluate on a backend against the full computation, store, tell,
 4. check the best schedule against the FORA baseline on held-out samples.
 """
@@ -14,19 +15,20 @@ import inspect
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from procache_opt.backends.base import Backend
 from procache_opt.backends.local import LocalBackend
 from procache_opt.baselines import best_fora_within
 from procache_opt.calibration import Calibration
-from procache_opt.dynamics import DynamicsReport, probe_reuse_sensitivity
+from procache_opt.dynamics import ForecastChoice, choose_forecast_order, probe_reuse_sensitivity
 from procache_opt.engine import SearchLoop
 from procache_opt.fingerprint import model_signature
 from procache_opt.models import IN_PROCESS, load_pipeline, worker_model_spec
 from procache_opt.objective import OBJECTIVES
 from procache_opt.result import SearchResult
-from procache_opt.schedule import Schedule, SelectiveConfig
+from procache_opt.schedule import FORECAST_ORDERS, Schedule, SelectiveConfig
 from procache_opt.space import ScheduleSpace
 from procache_opt.spec import EvaluationSpec
 from procache_opt.storage import TrialStore, open_store
@@ -70,6 +72,7 @@ def search(
     heldout: Calibration | int | None = 16,
     selective: bool | SelectiveConfig = True,
     monotone: Monotone = "auto",
+    forecast: int | Literal["auto"] = "auto",
     v_min: int = 0,
     v_max: int | None = None,
     include_baseline: bool = True,
@@ -107,6 +110,9 @@ def search(
         selective: Inject ProCache's selective computation (Eq. 7) with these settings (``True``: defaults).
         monotone: Direction of the interval constraint (Eq. 3): ``"decreasing"`` (the paper's prior),
             ``"increasing"``, ``None`` (any order), or ``"auto"`` (probe the model and choose).
+        forecast: ``Schedule.forecast_order`` of every proposal: 0 reuses outputs as cached (FORA, ProCache),
+            1 forecasts them to first order (TaylorSeer); ``"auto"`` runs the FORA start point both ways on
+            the calibration set (two runs) and keeps the lower loss.
         v_min: Shortest reuse run (Eq. 4); 0 lets late steps compute in full back to back.
         v_max: Longest reuse run (default: :func:`default_v_max`).
         include_baseline: Evaluate the best FORA schedule within the budget first, so the result is never
@@ -131,6 +137,8 @@ def search(
         raise ValueError(f"budget_flops must be in (0, 1] (a fraction of full computation), got {budget_flops}")
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    if forecast != "auto" and forecast not in FORECAST_ORDERS:
+        raise ValueError(f"forecast={forecast!r}; use 'auto' or a forecast order in {FORECAST_ORDERS}")
     pipe = load_pipeline(model, device=device, dtype=dtype)
     selective_cfg = SelectiveConfig() if selective is True else (selective or None)
     spec = EvaluationSpec(
@@ -149,13 +157,20 @@ def search(
     costs = evaluator.costs
     summary: list[str] = []
 
-    probe: DynamicsReport | None = None
+    measured: dict[str, Any] = {}
     if monotone == "auto":
         error = OBJECTIVES.create("feature_error")
         reference = evaluator.reference()
         probe = probe_reuse_sensitivity(lambda s: error.score(evaluator.run(s), reference).mean, num_inference_steps)
         monotone = probe.direction
+        measured["probe"] = probe.to_dict()
         summary.append(f"probe: {probe.summary()}")
+    fora_plain = best_fora_within(costs, budget_flops, selective=selective_cfg is not None)
+    if forecast == "auto":
+        choice = _choose_forecast(evaluator, spec, fora_plain)
+        forecast = choice.order
+        measured["forecast"] = choice.to_dict()
+        summary.append(f"forecast: {choice.summary()}")
     space = ScheduleSpace(
         num_inference_steps,
         max_flops_ratio=budget_flops,
@@ -165,6 +180,7 @@ def search(
         monotone=monotone,
         selective=selective_cfg is not None,
         selective_config=selective_cfg or SelectiveConfig(),
+        forecast_order=forecast,
     )
     summary.append(f"space: {space.describe()}")
     strategy_name = strategy if isinstance(strategy, str) else type(strategy).name or type(strategy).__name__
@@ -177,7 +193,7 @@ def search(
         goals = spec.objective_set().directions() | {"flops_ratio": "minimize"}
         strategy_kwargs = {**strategy_kwargs, "objectives": list(goals), "directions": list(goals.values())}
     inner = STRATEGIES.create(strategy, space, seed=seed, **strategy_kwargs) if isinstance(strategy, str) else strategy
-    baseline = best_fora_within(costs, budget_flops, selective=selective_cfg is not None)
+    baseline = replace(fora_plain, forecast_order=forecast, selective=space.selective_config)
     proposer = Enqueued(inner, [baseline]) if include_baseline else inner
 
     model_class, fingerprint = model_signature(pipe.transformer)
@@ -214,10 +230,10 @@ def search(
     result = SearchResult(trials, config=config, summary_lines=summary)
     result.best_trial  # noqa: B018 - raises a clear error when nothing completed within the budget
     if heldout is not None:
-        result.heldout = _heldout_check(pipe, spec, heldout, result.best, baseline)
+        baselines = {"fora_baseline": fora_plain} | ({"uniform_baseline": baseline} if baseline != fora_plain else {})
+        result.heldout = _heldout_check(pipe, spec, heldout, result.best, baselines)
         summary.append(_heldout_line(result.heldout))
-    if probe is not None:
-        result.heldout["probe"] = probe.to_dict()
+    result.heldout.update(measured)
     logger.info("%s", result.summary())
     return result
 
@@ -250,9 +266,27 @@ def _make_backend(backend: str | Backend, spec: EvaluationSpec, evaluator: Any,
     raise ValueError(f"unknown backend {backend!r}; use 'local', 'ray' or a procache_opt.backends.Backend")
 
 
+def _choose_forecast(evaluator: Any, spec: EvaluationSpec, schedule: Schedule) -> ForecastChoice:
+    """Run ``schedule`` reusing as cached and forecasting, on the calibration set; keep the lower search loss."""
+    objectives = spec.objective_set()
+
+    def loss_of(candidate: Schedule) -> float:
+        try:
+            return objectives.scalarize(evaluator.evaluate(candidate))
+        except FloatingPointError:  # NonFiniteOutputError: this way of reusing diverges on this model
+            return math.inf
+
+    return choose_forecast_order(loss_of, schedule)
+
+
 def _heldout_check(pipe: Any, spec: EvaluationSpec, heldout: Calibration | int, best: Schedule,
-                   baseline: Schedule) -> dict[str, Any]:
-    """Score the best schedule and the FORA baseline on samples the search never saw."""
+                   baselines: Mapping[str, Schedule]) -> dict[str, Any]:
+    """Score the best schedule and the baselines on samples the search never saw.
+
+    ``fora_baseline`` is FORA as published (outputs reused as cached); ``uniform_baseline``, when the search
+    forecasts, is the same steps with the search's forecast: the gap between them is the forecast's, the gap
+    between it and ``best`` the search's.
+    """
     calibration = heldout if isinstance(heldout, Calibration) else Calibration.default(
         pipe, num_samples=heldout, split="heldout")
     names = dict.fromkeys([*spec.objectives, *HELDOUT_OBJECTIVES], 1.0)
@@ -261,7 +295,7 @@ def _heldout_check(pipe: Any, spec: EvaluationSpec, heldout: Calibration | int, 
         num_inference_steps=spec.num_inference_steps, guidance_scale=spec.guidance_scale, selective=spec.selective,
     ).build_evaluator(pipe)
     out: dict[str, Any] = {"num_samples": len(calibration)}
-    for label, schedule in (("best", best), ("fora_baseline", baseline)):
+    for label, schedule in {"best": best, **baselines}.items():
         scores = evaluator.evaluate(schedule)
         out[label] = {
             "pattern": str(schedule),
@@ -272,8 +306,13 @@ def _heldout_check(pipe: Any, spec: EvaluationSpec, heldout: Calibration | int, 
 
 
 def _heldout_line(heldout: Mapping[str, Any]) -> str:
-    best, base = heldout["best"]["scores"], heldout["fora_baseline"]["scores"]
-    parts = [f"{n}: best {best[n]['mean']:.4g} vs FORA {base[n]['mean']:.4g}" for n in best if n in base]
+    best = heldout["best"]["scores"]
+    names = {"fora_baseline": "FORA", "uniform_baseline": "FORA+forecast"}
+    parts = []
+    for name in best:
+        others = [f"{label} {heldout[key]['scores'][name]['mean']:.4g}" for key, label in names.items()
+                  if key in heldout and name in heldout[key]["scores"]]
+        parts.append(f"{name}: best {best[name]['mean']:.4g} vs " + ", ".join(others))
     return f"held-out ({heldout['num_samples']} samples): " + "; ".join(parts)
 
 

@@ -12,18 +12,23 @@ from procache_opt.schedule import Schedule
 __all__ = ["fora", "best_fora_within"]
 
 
-def fora(num_steps: int, interval: int, selective: bool = False) -> Schedule:
-    """FORA's uniform schedule: FULL at steps 0, interval, 2*interval, ... (optionally with Eq. 7 injection)."""
+def fora(num_steps: int, interval: int, selective: bool = False, forecast_order: int = 0) -> Schedule:
+    """FORA's uniform schedule: FULL at steps 0, interval, 2*interval, ... (optionally with Eq. 7 injection).
+
+    FORA itself reuses outputs as cached (``forecast_order=0``); order 1 is the same steps with TaylorSeer's
+    first-order forecast.
+    """
     if interval < 1:
         raise ValueError(f"FORA interval must be >= 1, got {interval}")
-    schedule = Schedule.from_pattern([1 if t % interval == 0 else 0 for t in range(num_steps)])
+    schedule = Schedule.from_pattern([1 if t % interval == 0 else 0 for t in range(num_steps)],
+                                     forecast_order=forecast_order)
     return schedule.inject_selective() if selective else schedule
 
 
-def best_fora_within(costs: StepCosts, budget: float, selective: bool = False) -> Schedule:
+def best_fora_within(costs: StepCosts, budget: float, selective: bool = False, forecast_order: int = 0) -> Schedule:
     """The FORA schedule with the shortest interval whose counted FLOPs ratio is at most ``budget``."""
     for interval in range(1, costs.num_steps + 1):
-        schedule = fora(costs.num_steps, interval, selective)
+        schedule = fora(costs.num_steps, interval, selective, forecast_order)
         if costs.ratio(schedule) <= budget:
             return schedule
     smallest = costs.ratio(fora(costs.num_steps, costs.num_steps, selective))

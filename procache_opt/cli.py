@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout", type=int, default=16, help="held-out samples for the final check (0: skip)")
     s.add_argument("--monotone", default="auto", choices=["auto", "decreasing", "increasing", "none"])
     s.add_argument("--no-selective", action="store_true", help="no selective computation (FORA-style reuse only)")
+    s.add_argument("--forecast", default="auto", choices=["auto", "0", "1"],
+                   help="reused outputs: 0 as cached (FORA, ProCache), 1 first-order forecast (TaylorSeer), auto: "
+                        "try both on the FORA start point and keep the better")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", default="local", choices=["local", "ray"])
     s.add_argument("--workers", type=int, default=None, help="Ray workers (backend ray)")
@@ -126,6 +129,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         heldout=args.heldout or None,
         selective=not args.no_selective,
         monotone=None if args.monotone == "none" else args.monotone,
+        forecast=args.forecast if args.forecast == "auto" else int(args.forecast),
         seed=args.seed,
         backend=args.backend,
         backend_options=backend_options or None,

@@ -5,21 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from procache_opt.result import SearchResult
+from procache_opt.result import HELDOUT_SCHEDULES, SearchResult
 from procache_opt.schedule import Schedule
 
 __all__ = ["write_search_outputs", "generate_grid", "final_table"]
 
 
 def final_table(result: SearchResult) -> str:
-    """A Markdown table: the best schedule and the FORA baseline on held-out samples."""
+    """A Markdown table: the best schedule and the baselines on held-out samples (see ``HELDOUT_SCHEDULES``)."""
     best = result.best_trial
     rows = [
         "| schedule | pattern | FLOPs ratio | measured speedup | " + " | ".join(_quality_names(result)) + " |",
         "| --- | --- | --- | --- | " + " | ".join("---" for _ in _quality_names(result)) + " |",
     ]
-    if result.heldout:
-        for label in ("best", "fora_baseline"):
+    if "best" in result.heldout:
+        for label in (name for name in HELDOUT_SCHEDULES if name in result.heldout):
             entry = result.heldout[label]
             scores = entry["scores"]
             latency = scores.get("latency", {}).get("mean")
@@ -34,7 +34,7 @@ def final_table(result: SearchResult) -> str:
 
 
 def _quality_names(result: SearchResult) -> list[str]:
-    if result.heldout:
+    if "best" in result.heldout:
         return [n for n in result.heldout["best"]["scores"] if n != "latency"]
     return [n for n in result.best_trial.values if n != "flops_ratio"]
 

@@ -12,7 +12,11 @@ from procache_opt._io import atomic_write_json
 from procache_opt.schedule import Schedule
 from procache_opt.strategy import TrialResult
 
-__all__ = ["SearchResult", "pareto_front"]
+__all__ = ["HELDOUT_SCHEDULES", "SearchResult", "pareto_front"]
+
+#: Schedules a search scores on held-out samples, as keys of ``SearchResult.heldout``: the best one, FORA as
+#: published, and (when the search forecasts reused outputs) the same FORA steps with the search's forecast.
+HELDOUT_SCHEDULES = ("best", "fora_baseline", "uniform_baseline")
 
 
 def pareto_front(trials: list[TrialResult], quality: str = "value") -> list[TrialResult]:
@@ -38,7 +42,9 @@ class SearchResult:
         trials: Every evaluated schedule with its scores, FLOPs ratio, time and status.
         config: The search's settings (what ``storage`` checks on resume).
         summary_lines: Human-readable facts gathered on the way (space size, probe, held-out check).
-        heldout: Scores of the best schedule and the FORA baseline on the held-out calibration set.
+        heldout: Scores on the held-out calibration set of the schedules in :data:`HELDOUT_SCHEDULES` (each
+            with its pattern and FLOPs ratio), plus what the search measured to set itself up (``"probe"``:
+            the interval-order probe, ``"forecast"``: the forecast-order choice).
     """
 
     trials: list[TrialResult]

@@ -9,6 +9,9 @@ arXiv 2512.17298, Section 3.2) extended with the selective-computation action of
 * ``SELECTIVE`` (2): shallow blocks reuse; deep blocks recompute the feed-forward branch for their most
   important tokens.
 
+``forecast_order`` says how reused outputs are formed: 0 reuses them as cached (FORA, ProCache), 1 forecasts
+them to first order from the last two FULL steps (TaylorSeer, Liu et al. 2025, arXiv 2503.06923).
+
 Steps are counted in denoising order (step 0 is the noisiest). This module is pure Python: strategies,
 which must not import torch, build and exchange schedules freely.
 """
@@ -27,9 +30,10 @@ from typing import Any
 
 from procache_opt._io import atomic_write_text
 
-__all__ = ["Action", "Schedule", "SelectiveConfig", "ScheduleMismatchError", "FORMAT_VERSION"]
+__all__ = ["Action", "Schedule", "SelectiveConfig", "ScheduleMismatchError", "FORMAT_VERSION", "FORECAST_ORDERS"]
 
 FORMAT_VERSION = 1
+FORECAST_ORDERS = (0, 1)
 
 
 class Action(enum.IntEnum):
@@ -145,6 +149,10 @@ class Schedule:
     Attributes:
         actions: One action per step, in denoising order; the first must be ``FULL``.
         selective: Settings used on ``SELECTIVE`` steps.
+        forecast_order: How non-FULL steps form the branch outputs they reuse: 0 returns them as cached at the
+            last FULL step (FORA, ProCache); 1 extrapolates them linearly through the last two FULL steps'
+            outputs (first-order TaylorSeer). Forecasting adds elementwise work only, which the FLOPs count
+            leaves out like every elementwise operation (see ``docs/flops.md``).
         model_class: Class name of the transformer the schedule was searched for (optional).
         model_fingerprint: Hash of that transformer's config (optional, see ``procache_opt.fingerprint``).
         metadata: Free-form JSON-serialisable notes (search id, scores); ignored by the runtime.
@@ -152,6 +160,7 @@ class Schedule:
 
     actions: tuple[Action, ...]
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
+    forecast_order: int = 0
     model_class: str | None = None
     model_fingerprint: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -169,6 +178,9 @@ class Schedule:
             raise ValueError(
                 f"the first step of a schedule must be FULL (1): there is no cache to reuse yet; got {int(actions[0])}"
             )
+        if self.forecast_order not in FORECAST_ORDERS:
+            raise ValueError(f"forecast_order={self.forecast_order!r}; allowed: {FORECAST_ORDERS} (0: reuse as cached, "
+                             "1: first-order forecast from the last two FULL steps)")
         object.__setattr__(self, "actions", actions)
 
     # -- construction -------------------------------------------------------------------------------------
@@ -261,6 +273,7 @@ class Schedule:
             "num_steps": self.num_steps,
             "pattern": list(self.pattern),
             "selective": self.selective.to_dict(),
+            "forecast_order": self.forecast_order,
             "model": {"class": self.model_class, "fingerprint": self.model_fingerprint},
             "metadata": self.metadata,
         }
@@ -281,6 +294,7 @@ class Schedule:
         return cls.from_pattern(
             pattern,
             selective=SelectiveConfig.from_dict(data.get("selective", {})),
+            forecast_order=int(data.get("forecast_order", 0)),
             model_class=model.get("class"),
             model_fingerprint=model.get("fingerprint"),
             metadata=dict(data.get("metadata", {})),

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from procache_opt._io import atomic_write_text
-from procache_opt.result import SearchResult
+from procache_opt.result import HELDOUT_SCHEDULES, SearchResult
 
 __all__ = ["SweepConfig", "SweepCell", "StrategyEntry", "run_sweep", "run_cell", "summary_markdown"]
 
@@ -245,7 +245,7 @@ def _row(cell: SweepCell, result: SearchResult) -> dict[str, Any]:
         "best_value": best.value, "best_flops_ratio": best.flops_ratio, "best_pattern": str(best.schedule),
         "eval_seconds": round(sum(t.duration_s for t in result.trials), 3),
     }
-    for label in ("best", "fora_baseline"):
+    for label in HELDOUT_SCHEDULES:
         for name, score in result.heldout.get(label, {}).get("scores", {}).items():
             row[f"heldout_{label}_{name}"] = score["mean"]
     return row

@@ -189,3 +189,38 @@ def test_staleness_counts_selective_steps_since_refresh() -> None:
     count = config.num_fresh_tokens(64, 1, 4, 3, 4)
     assert (seen[1] == 0).sum(dim=1).tolist() == [count, count] and set(seen[1].unique().tolist()) == {0, 1}
     assert set(seen[2].unique().tolist()) <= {0, 1, 2} and (seen[2] == 2).any()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forecast_extrapolates_branch_outputs_through_the_last_two_full_steps(family: str) -> None:
+    """forecast_order=1: at step 3 after FULL steps 0 and 1, each branch returns o1 + 2 * (o1 - o0)."""
+    build, make_call = FAMILIES[family]
+    calls = [make_call(s, 900 - 200 * s) for s in range(3)] + [make_call(3, 300)]
+    out = _cached_run(build(), Schedule.from_pattern([1, 1, 0, 0], forecast_order=1), calls)
+    twin = build()
+    first, second = _record(twin, calls[0]), _record(twin, calls[1])
+    forecast = {key: second[key] + 2 * (second[key] - first[key]) for key in second}
+    expected = _replaced(twin, calls[3], forecast, keep=lambda layer, name: False)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    plain = _cached_run(build(), Schedule.from_pattern([1, 1, 0, 0]), calls)
+    assert not torch.allclose(out, plain)  # the forecast is not the cached output
+
+
+@torch.no_grad()
+def test_forecast_needs_two_full_steps_and_moves_refreshed_tokens_along_the_slope() -> None:
+    """Before a second FULL step the forecast is the cache. A SELECTIVE step's refreshed tokens are kept: the
+    next step forecasts them from their fresh values along the slope of the last two FULL steps."""
+    calls = [_dit_call(s, 900 - 100 * s) for s in range(4)]
+    forecast, plain = (Schedule.from_pattern([1, 0, 0], forecast_order=order) for order in (1, 0))
+    assert torch.equal(_cached_run(tiny_dit_transformer(), forecast, calls[:3]),
+                       _cached_run(tiny_dit_transformer(), plain, calls[:3]))
+
+    model = tiny_dit_transformer()
+    deep = ALL_TOKENS.deep_start(len(model.transformer_blocks))
+    outs: list[torch.Tensor] = []
+    model.transformer_blocks[deep].ff.register_forward_hook(lambda m, args, out: outs.append(out.clone()))
+    _cached_run(model, Schedule.from_pattern([1, 1, 2, 0], selective=ALL_TOKENS, forecast_order=1), calls)
+    slope = outs[1] - outs[0]
+    assert not torch.allclose(outs[2], outs[1] + slope)  # step 2 recomputed every token
+    torch.testing.assert_close(outs[3], outs[2] + slope, rtol=1e-5, atol=1e-6)

@@ -47,15 +47,24 @@ def test_invalid_digit_is_rejected_with_allowed_values():
 def test_json_round_trip_keeps_everything(tmp_path):
     s = Schedule.from_pattern(
         [1, 0, 2, 1], selective=SelectiveConfig(fresh_ratio=0.1), model_class="DiTTransformer2DModel",
-        model_fingerprint="abc", metadata={"trial": 3},
+        model_fingerprint="abc", metadata={"trial": 3}, forecast_order=1,
     )
     back = Schedule.from_json(s.to_json())
     assert back == s and back.metadata == {"trial": 3} and back.selective.fresh_ratio == 0.1
+    assert back.forecast_order == 1 and back != Schedule.from_pattern([1, 0, 2, 1], selective=s.selective)
     path = s.save(tmp_path / "sub" / "schedule.json")
     assert Schedule.load(path) == s
     data = json.loads(path.read_text())
     assert data["format_version"] == 1 and data["num_steps"] == 4
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_forecast_order_is_validated_and_older_files_reuse_as_cached():
+    with pytest.raises(ValueError, match="forecast_order=2; allowed: \\(0, 1\\)"):
+        Schedule.from_pattern([1, 0], forecast_order=2)
+    data = Schedule.from_pattern([1, 0, 1]).to_dict()
+    del data["forecast_order"]  # written before forecasting existed
+    assert Schedule.from_dict(data).forecast_order == 0
 
 
 def test_corrupt_and_future_files_fail_clearly():

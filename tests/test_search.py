@@ -20,7 +20,8 @@ def test_search_returns_a_schedule_within_budget_that_runs():
     assert best.num_steps == 10 and result.best_trial.flops_ratio <= 0.5
     assert len(result.trials) == 5 and all(t.ok for t in result.trials)
     assert result.trials[0].schedule == best_fora_within(
-        Evaluator(pipe, result_calibration(result), 10).costs, 0.5, selective=True)
+        Evaluator(pipe, result_calibration(result), 10).costs, 0.5, selective=True,
+        forecast_order=result.heldout["forecast"]["order"])
     assert best.metadata["value"] == min(t.value for t in result.trials if t.flops_ratio <= 0.5)
     with procache_opt.apply(pipe, best):
         images = pipe(class_labels=[1], num_inference_steps=10, output_type="np").images
@@ -40,6 +41,22 @@ def test_probe_chooses_a_direction_and_heldout_compares_with_fora():
     assert set(result.heldout["best"]["scores"]) >= {"feature_error", "psnr", "latency"}
     assert result.heldout["fora_baseline"]["flops_ratio"] <= 0.5
     assert any(line.startswith("held-out (2 samples)") for line in result.summary_lines)
+    # the forecast order was measured on the FORA start point and every proposal uses the better one
+    choice = result.heldout["forecast"]
+    losses = {int(k): v for k, v in choice["losses"].items()}
+    assert choice["order"] == min(losses, key=losses.get)
+    assert result.config["space"]["forecast_order"] == choice["order"]
+    assert {t.schedule.forecast_order for t in result.trials} == {choice["order"]}
+    assert result.heldout["fora_baseline"]["pattern"] == choice["pattern"]
+    assert ("uniform_baseline" in result.heldout) == (choice["order"] == 1)
+
+
+def test_forecast_can_be_fixed_and_bad_values_are_refused():
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=2,
+                                 monotone=None, forecast=1, **FAST)
+    assert "forecast" not in result.heldout and result.best.forecast_order == 1
+    with pytest.raises(ValueError, match="forecast=2; use 'auto' or a forecast order in"):
+        procache_opt.search(tiny_dit_pipeline(seed=0), forecast=2, **FAST)
 
 
 def test_resume_replays_and_evaluates_only_new_schedules(tmp_path, monkeypatch):
@@ -51,7 +68,7 @@ def test_resume_replays_and_evaluates_only_new_schedules(tmp_path, monkeypatch):
         return original(self, schedule)
 
     monkeypatch.setattr(Evaluator, "evaluate", counting)
-    kwargs = dict(budget_flops=0.5, strategy="random", monotone=None, storage=str(tmp_path / "s"), **FAST)
+    kwargs = dict(budget_flops=0.5, strategy="random", monotone=None, forecast=0, storage=str(tmp_path / "s"), **FAST)
     first = procache_opt.search(tiny_dit_pipeline(seed=0), n_trials=3, **kwargs)
     assert len(calls) == 3
     calls.clear()

@@ -5,7 +5,7 @@ import pytest
 from procache_opt._search import default_v_max
 from procache_opt.baselines import best_fora_within, fora
 from procache_opt.costs import StepCosts
-from procache_opt.dynamics import choose_direction, probe_reuse_sensitivity
+from procache_opt.dynamics import choose_direction, choose_forecast_order, probe_reuse_sensitivity
 from procache_opt.result import SearchResult, pareto_front
 from procache_opt.schedule import Schedule
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
@@ -39,6 +39,23 @@ def test_probe_chooses_direction_from_measured_errors():
     assert choose_direction((1.0, 1.1, 0.95, 1.0)) == (None, pytest.approx(2.1 / 1.95))
     with pytest.raises(ValueError, match="at least 3 denoising steps"):
         probe_reuse_sensitivity(lambda s: 0.0, num_steps=2)
+
+
+def test_forecast_order_is_the_measured_best_and_failures_lose():
+    start = fora(10, 3)
+    runs = []
+
+    def loss(schedule):
+        runs.append(schedule)
+        return {0: 0.5, 1: 0.2}[schedule.forecast_order]
+
+    choice = choose_forecast_order(loss, start)
+    assert choice.order == 1 and choice.losses == {0: 0.5, 1: 0.2} and choice.pattern == str(start)
+    assert [r.pattern for r in runs] == [start.pattern] * 2 and {r.forecast_order for r in runs} == {0, 1}
+    assert "forecast_order=1" in choice.summary() and choice.to_dict()["losses"] == {"0": 0.5, "1": 0.2}
+    assert choose_forecast_order(lambda s: [0.3, float("nan")][s.forecast_order], start).order == 0
+    assert choose_forecast_order(lambda s: 0.3, start).order == 0  # a tie keeps the cheaper plain reuse
+    assert fora(7, 3, forecast_order=1).forecast_order == 1
 
 
 def test_pareto_front_keeps_only_non_dominated():

@@ -247,3 +247,14 @@ def test_no_heavy_imports() -> None:
     code = "import sys, procache_opt.space; print(sorted({'torch', 'diffusers', 'ray'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+def test_forecast_order_is_part_of_membership_and_storage() -> None:
+    space = ScheduleSpace(12, num_full=4, v_max=4, forecast_order=1)
+    member = space.sample(np.random.default_rng(0))
+    assert member.forecast_order == 1 and space.contains(member)
+    plain = Schedule.from_pattern(member.pattern, selective=member.selective)
+    assert any("forecast_order=0, the space's 1" in v for v in space.violations(plain))
+    back = ScheduleSpace.from_dict(json.loads(json.dumps(space.to_dict())))
+    assert back.forecast_order == 1 and back.count() == space.count()
+    assert "forecast to first order" in space.describe()

@@ -4,7 +4,8 @@ Fairness rules the harness enforces:
 
 * equal evaluation budgets: every search evaluates ``n_trials`` schedules, with strategy options scaled to that
   budget (:func:`strategy_settings`);
-* the same space for every strategy: the interval-order probe (``monotone="auto"``) runs once, not per search;
+* the same space for every strategy: the interval-order probe (``monotone="auto"``) and the forecast-order
+  choice (``forecast="auto"``, on the FORA start point of the largest budget) run once, not per search;
 * the same calibration set for every search and one disjoint held-out set for every judgement, so results
   pair up across strategies by seed and sample;
 * every search seeded (``seed = k``), every raw trial kept (``<out>/runs/<budget>/<strategy>/seed<k>``).
@@ -25,16 +26,18 @@ from typing import Any
 import torch
 
 from procache_opt._io import atomic_write_json
+from procache_opt.baselines import best_fora_within
 from procache_opt.calibration import Calibration
 from procache_opt.compare.baselines import OURS, Row, run_rows
 from procache_opt.compare.diffusers_caches import mag_ratios
 from procache_opt.compare.measure import Bench, Method, call_kwargs
 from procache_opt.compare.result import Cell, CompareConfig, CompareResult, cell_dir, image_path
-from procache_opt.dynamics import probe_reuse_sensitivity
+from procache_opt.dynamics import choose_forecast_order, probe_reuse_sensitivity
 from procache_opt.evaluate import Evaluator
 from procache_opt.models import load_pipeline
 from procache_opt.objective import OBJECTIVES
 from procache_opt.pipelines import DiTAdapter, adapter_for
+from procache_opt.schedule import Schedule
 
 __all__ = ["compare", "ComparisonMismatchError", "strategy_settings"]
 
@@ -88,12 +91,12 @@ def compare(
     # Thousands of generations: the comparison's and each search's bars report progress, not diffusers' own.
     pipe.set_progress_bar_config(disable=True)
     search_set = Calibration.default(pipe, num_samples=config.calibration, split="search")
-    monotone = _resolve_monotone(pipe, config, search_set, out)
+    monotone, forecast = _resolve_setup(pipe, config, search_set, out)
     bench = Bench(pipe, Calibration.default(pipe, num_samples=config.heldout, split="heldout"),
                   config.num_inference_steps, config.guidance_scale, config.heldout_objectives,
                   config.timing_samples, config.timing_repeats, mag_ratios=_mag_ratios(pipe, config, search_set))
     _save_images(image_path(out, "full"), bench.reference().images, config.grid_images)
-    _run_cells(pipe, config, search_set, monotone, bench, out, progress)
+    _run_cells(pipe, config, search_set, (monotone, forecast), bench, out, progress)
     result = CompareResult.load(out)
     if config.baselines:
         _run_baselines(result, bench, pipe, progress)
@@ -116,21 +119,29 @@ def _bind(out: Path, config: CompareConfig) -> None:
     atomic_write_json(path, current)
 
 
-def _resolve_monotone(pipe: Any, config: CompareConfig, search_set: Calibration, out: Path) -> str | None:
-    """The interval order for every search: probe once for ``"auto"`` (stored in ``setup.json``)."""
+def _resolve_setup(pipe: Any, config: CompareConfig, search_set: Calibration, out: Path) -> tuple[str | None, int]:
+    """The interval and forecast orders for every search: measured once for ``"auto"`` (kept in ``setup.json``)."""
     path = out / "setup.json"
     setup = json.loads(path.read_text()) if path.exists() else {}
+    evaluator = Evaluator(pipe, search_set, config.num_inference_steps, config.guidance_scale)
+    error = OBJECTIVES.create("feature_error")
+
+    def error_of(schedule: Schedule) -> float:
+        return error.score(evaluator.run(schedule), evaluator.reference()).mean
+
     if "monotone" not in setup:
         setup["monotone"] = config.monotone
         if config.monotone == "auto":
-            evaluator = Evaluator(pipe, search_set, config.num_inference_steps, config.guidance_scale)
-            error = OBJECTIVES.create("feature_error")
-            report = probe_reuse_sensitivity(lambda s: error.score(evaluator.run(s), evaluator.reference()).mean,
-                                             config.num_inference_steps)
+            report = probe_reuse_sensitivity(error_of, config.num_inference_steps)
             setup.update(monotone=report.direction, probe=report.to_dict(), probe_summary=report.summary())
-        setup.update(torch=torch.__version__, threads=torch.get_num_threads())
-        atomic_write_json(path, setup)
-    return setup["monotone"]
+    if "forecast" not in setup:
+        setup["forecast"] = config.forecast
+        if config.forecast == "auto":
+            choice = choose_forecast_order(error_of, best_fora_within(evaluator.costs, max(config.budgets)))
+            setup.update(forecast=choice.order, forecast_choice=choice.to_dict(), forecast_summary=choice.summary())
+    setup.update(torch=torch.__version__, threads=torch.get_num_threads())
+    atomic_write_json(path, setup)
+    return setup["monotone"], setup["forecast"]
 
 
 def _mag_ratios(pipe: Any, config: CompareConfig, search_set: Calibration) -> tuple[float, ...] | None:
@@ -155,8 +166,8 @@ def strategy_settings(strategy: str, n_trials: int) -> dict[str, Any]:
     }.get(strategy, {})
 
 
-def _run_cells(pipe: Any, config: CompareConfig, search_set: Calibration, monotone: str | None, bench: Bench,
-               out: Path, progress: bool) -> None:
+def _run_cells(pipe: Any, config: CompareConfig, search_set: Calibration, orders: tuple[str | None, int],
+               bench: Bench, out: Path, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     import procache_opt
@@ -171,7 +182,8 @@ def _run_cells(pipe: Any, config: CompareConfig, search_set: Calibration, monoto
         start = time.perf_counter()
         result = procache_opt.search(
             pipe, budget, strategy, config.objective, config.n_trials, num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale, calibration=search_set, heldout=None, monotone=monotone,
+            guidance_scale=config.guidance_scale, calibration=search_set, heldout=None, monotone=orders[0],
+            forecast=orders[1],
             include_baseline=config.include_baseline, seed=seed, storage=str(folder), progress=progress,
             **strategy_settings(strategy, config.n_trials),
         )

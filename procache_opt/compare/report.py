@@ -112,6 +112,9 @@ def _sections(result: CompareResult, tables: list[Table], rel: str, commands: Se
         f"- Interval order: `monotone={result.setup.get('monotone')!r}`, chosen once for all searches"
         + (f" by the reuse-sensitivity probe ({result.setup['probe_summary']})." if "probe_summary" in result.setup
            else "."),
+        f"- Reused outputs: `forecast={result.setup.get('forecast')!r}` (0: as cached, 1: first-order forecast), "
+        "chosen once for all searches"
+        + (f" ({result.setup['forecast_summary']})." if "forecast_summary" in result.setup else "."),
         f"- Every search starts from the best FORA schedule within its budget: {config.include_baseline}.",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu']}; torch {machine['torch']} "
         f"({machine['torch threads']} threads), diffusers {machine['diffusers']}, Python {machine['python']}. "

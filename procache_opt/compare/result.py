@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from procache_opt.compare.baselines import Row
 from procache_opt.result import SearchResult
+from procache_opt.schedule import FORECAST_ORDERS
 
 __all__ = ["Cell", "CompareConfig", "CompareResult", "cell_dir", "image_path"]
 
@@ -37,6 +38,7 @@ class CompareConfig:
         objective: What the searches minimise.
         heldout_objectives: What the held-out judgement reports (the first is the headline quality).
         monotone: Interval-order constraint; ``"auto"`` probes the model once for the whole comparison.
+        forecast: ``Schedule.forecast_order`` of every search; ``"auto"`` chooses once for the whole comparison.
         include_baseline: Every search starts from the best FORA schedule within its budget (the engine default).
         baselines: Measure the baseline rows.
         timing_samples: Samples per timed generation.
@@ -56,6 +58,7 @@ class CompareConfig:
     objective: str = "feature_error"
     heldout_objectives: tuple[str, ...] = ("feature_error", "psnr")
     monotone: Monotone = "auto"
+    forecast: int | str = "auto"
     include_baseline: bool = True
     baselines: bool = True
     timing_samples: int = 2
@@ -74,6 +77,8 @@ class CompareConfig:
                      "timing_repeats", "grid_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CompareConfig.{name}={getattr(self, name)}; must be >= 1")
+        if self.forecast != "auto" and self.forecast not in FORECAST_ORDERS:
+            raise ValueError(f"CompareConfig.forecast={self.forecast!r}; use 'auto' or one of {FORECAST_ORDERS}")
         if self.heldout_objectives[:1] != (self.objective,):
             raise ValueError(f"CompareConfig.heldout_objectives={self.heldout_objectives} must start with the "
                              f"searched objective {self.objective!r}, the headline quality")

@@ -8,6 +8,11 @@ FORA (Selvaraju et al. 2024) and ProCache (Cao et al. 2026, Section 3.3).
 
 On SELECTIVE steps deep blocks refresh their feed-forward output for the highest-scoring tokens only, ToCa
 style (Zou et al. 2024); scores come from the self-attention's queries and keys captured at the last FULL step.
+
+With ``Schedule.forecast_order == 1`` a reused output is not returned as stored but extrapolated along the
+line through the last two FULL steps' outputs, ``o(t) = o(t_k) + (t - t_k) * (o(t_k) - o(t_{k-1})) /
+(t_k - t_{k-1})``: the first-order Taylor forecast of TaylorSeer (Liu et al. 2025, arXiv 2503.06923) with
+finite differences over step indices. Until two FULL steps have run the forecast is the stored output.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ class BlockCache:
 
     Attributes:
         layer: Index of the block.
-        outputs: Branch outputs by ``(branch, branch name)``.
+        outputs: Branch outputs by ``(branch, branch name)``; with forecasting, the forecast's value at its anchor.
+        slopes: Per-step change of each output between its last two FULL steps (forecasting only).
+        anchors: Step of the FULL step each output was stored at.
         attention: ``(B, N)`` attention-received scores from the last FULL step, by branch.
         staleness: ``(B, N)`` selective steps since each token's feed-forward output was recomputed, by branch.
     """
@@ -46,24 +53,42 @@ class BlockCache:
     def __init__(self, layer: int) -> None:
         self.layer = layer
         self.outputs: dict[tuple[int, str], torch.Tensor] = {}
+        self.slopes: dict[tuple[int, str], torch.Tensor] = {}
+        self.anchors: dict[tuple[int, str], int] = {}
         self.attention: dict[int, torch.Tensor] = {}
         self.staleness: dict[int, torch.Tensor] = {}
 
     def clear(self, branch: int | None = None) -> None:
         if branch is None:
-            self.outputs.clear()
-            self.attention.clear()
-            self.staleness.clear()
+            for table in (self.outputs, self.slopes, self.anchors, self.attention, self.staleness):
+                table.clear()
             return
         for key in [key for key in self.outputs if key[0] == branch]:
             del self.outputs[key]
+            self.slopes.pop(key, None)
+            self.anchors.pop(key, None)
         self.attention.pop(branch, None)
         self.staleness.pop(branch, None)
 
+    def store(self, state: StepState, name: str, output: torch.Tensor) -> None:
+        """Keep a FULL step's output (and, when forecasting, its slope from the previous FULL step's)."""
+        key = (state.branch, name)
+        if state.schedule.forecast_order >= 1 and key in self.outputs:
+            self.slopes[key] = (output - self.outputs[key]) / (state.step - self.anchors[key])
+        self.outputs[key] = output
+        self.anchors[key] = state.step
+
+    def update(self, state: StepState, name: str, output: torch.Tensor) -> None:
+        """Keep an output partly recomputed at a non-FULL step; the forecast keeps its anchor and slope."""
+        key = (state.branch, name)
+        slope = self.slopes.get(key)
+        self.outputs[key] = output if slope is None else output.sub(slope, alpha=state.step - self.anchors[key])
+
     def cached(self, state: StepState, name: str) -> torch.Tensor:
-        """The stored output of branch ``name``, or an error saying why there is none."""
+        """The reused output of branch ``name`` at this step (forecast if asked), or an error saying why not."""
+        key = (state.branch, name)
         try:
-            return self.outputs[state.branch, name]
+            output = self.outputs[key]
         except KeyError:
             if state.action is None:
                 raise RuntimeError(
@@ -74,6 +99,8 @@ class BlockCache:
                 f"block {self.layer} {name} has no cached output to reuse at step {state.step} (guidance branch "
                 f"{state.branch}); a generation must start at step 0, which is FULL"
             ) from None
+        slope = self.slopes.get(key)
+        return output if slope is None else output.add(slope, alpha=state.step - self.anchors[key])
 
 
 class BranchCacheHook(ModelHook):
@@ -91,7 +118,7 @@ class BranchCacheHook(ModelHook):
         state = self.state
         if state.action is Action.FULL:
             output = self.fn_ref.original_forward(*args, **kwargs)
-            self.cache.outputs[state.branch, self.name] = output
+            self.cache.store(state, self.name, output)
             return output
         return self.cache.cached(state, self.name)
 
@@ -219,7 +246,7 @@ class SelectiveFeedForwardHook(BranchCacheHook):
             tokens = hidden_states.gather(1, rows.expand(-1, -1, hidden_states.shape[-1]))
             refreshed = self.fn_ref.original_forward(tokens, *args, **kwargs)
             output = output.scatter(1, rows.expand(-1, -1, refreshed.shape[-1]), refreshed)
-            cache.outputs[state.branch, self.name] = output
+            cache.update(state, self.name, output)
             staleness = staleness.scatter(1, fresh, 0)
         cache.staleness[state.branch] = staleness
         return output

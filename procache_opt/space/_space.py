@@ -72,6 +72,7 @@ class ScheduleSpace:
     selective: bool = True
     selective_config: SelectiveConfig = field(default_factory=SelectiveConfig)
     min_full: int | None = None
+    forecast_order: int = 0
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -155,6 +156,9 @@ class ScheduleSpace:
         elif (self.selective and isinstance(schedule_or_pattern, Schedule)
               and schedule_or_pattern.selective != self.selective_config):
             problems.append("the schedule's SelectiveConfig differs from the space's selective_config")
+        if isinstance(schedule_or_pattern, Schedule) and schedule_or_pattern.forecast_order != self.forecast_order:
+            problems.append(f"the schedule's forecast_order={schedule_or_pattern.forecast_order}, the space's "
+                            f"{self.forecast_order}")
         return problems + self.interval_violations(self.intervals(pattern))
 
     def interval_violations(self, intervals: Sequence[int]) -> list[str]:
@@ -190,7 +194,8 @@ class ScheduleSpace:
         return schedule.pattern if isinstance(schedule, Schedule) else tuple(int(a) for a in schedule)
 
     def _build(self, intervals: tuple[int, ...]) -> Schedule:
-        schedule = Schedule.from_intervals(intervals, selective=self.selective_config)
+        schedule = Schedule.from_intervals(intervals, selective=self.selective_config,
+                                           forecast_order=self.forecast_order)
         return schedule.inject_selective() if self.selective else schedule
 
     # -- counting, sampling, enumeration ------------------------------------------------------------------
@@ -285,6 +290,8 @@ class ScheduleSpace:
             parts.append(f"a counted FLOPs ratio of at most {self.max_flops_ratio} (segment costs rounded up to "
                          f"{FLOPS_QUANTUM:g})")
         parts.append("selective computation injected (Eq. 7)" if self.selective else "no selective computation")
+        if self.forecast_order:
+            parts.append("reused outputs forecast to first order (TaylorSeer)")
         return "; ".join(parts) + (f". {self.count():,} feasible schedules, with "
                                    f"{format_ranges(self.num_full_values())} FULL steps.")
 
