@@ -36,7 +36,20 @@ from procache_opt.pipelines import adapter_for
 from procache_opt.runtime import apply
 from procache_opt.schedule import Schedule
 
-__all__ = ["Evaluator", "EvaluatedRun", "NonFiniteOutputError"]
+__all__ = ["Evaluator", "EvaluatedRun", "NonFiniteOutputError", "Scores"]
+
+
+class Scores(dict[str, Score]):
+    """Scores by objective name, plus ``facts``: what the run measured that is not an objective.
+
+    ``facts["block_evaluations"]`` is :attr:`EvaluatedRun.block_evaluations` and ``facts["block_evaluations_full"]``
+    what full computation runs of each (steps x blocks). ``backends.run_evaluation`` copies the facts into
+    the trial's ``extra``, so every stored trial says how much of the transformer it actually ran.
+    """
+
+    def __init__(self, scores: dict[str, Score], facts: dict[str, Any]) -> None:
+        super().__init__(scores)
+        self.facts = facts
 
 
 class NonFiniteOutputError(FloatingPointError):
@@ -152,9 +165,12 @@ class Evaluator:
         reference = self.reference()
         return {o.name: o.score(run, reference) for o in self.objectives}
 
-    def evaluate(self, schedule: Schedule) -> dict[str, Score]:
-        """``score(run(schedule))``: what the search engine calls for every trial."""
-        return self.score(self.run(schedule))
+    def evaluate(self, schedule: Schedule) -> Scores:
+        """``score(run(schedule))`` with the run's block evaluations: what the engine calls for every trial."""
+        run = self.run(schedule)
+        full = self.num_inference_steps * len(self.pipe.transformer.transformer_blocks)
+        return Scores(self.score(run), {"block_evaluations": dict(run.block_evaluations),
+                                        "block_evaluations_full": full})
 
     # -- internals ----------------------------------------------------------------------------------------
     def _load_reference(self) -> EvaluatedRun | None:

@@ -12,7 +12,7 @@ from procache_opt._io import atomic_write_json
 from procache_opt.schedule import Schedule
 from procache_opt.strategy import TrialResult
 
-__all__ = ["HELDOUT_SCHEDULES", "SearchResult", "pareto_front"]
+__all__ = ["HELDOUT_SCHEDULES", "SearchResult", "block_share", "pareto_front"]
 
 #: Schedules a search scores on held-out samples, as keys of ``SearchResult.heldout``: the best one, FORA as
 #: published, and (when the search forecasts reused outputs) the same FORA steps with the search's forecast.
@@ -32,6 +32,17 @@ def pareto_front(trials: list[TrialResult], quality: str = "value") -> list[Tria
         if not front or loss(t) < loss(front[-1]):
             front.append(t)
     return front
+
+
+def block_share(trial: TrialResult) -> dict[str, float]:
+    """Self-attention and feed-forward evaluations of a trial as shares of full computation ({} if unknown).
+
+    A SELECTIVE step's feed-forward on a subset of tokens counts as one evaluation of that block.
+    """
+    counts, full = trial.extra.get("block_evaluations"), trial.extra.get("block_evaluations_full")
+    if not counts or not full:
+        return {}
+    return {kind: count / full for kind, count in sorted(counts.items())}
 
 
 @dataclass
@@ -97,6 +108,7 @@ class SearchResult:
                 "duration_s": t.duration_s,
                 "error": t.error,
                 **{f"values.{k}": v for k, v in t.values.items()},
+                **{f"block_share.{k}": v for k, v in block_share(t).items()},
             })
         return rows
 
@@ -113,6 +125,14 @@ class SearchResult:
             f"best: trial {best.trial_id}, pattern {best.schedule}, FLOPs ratio {best.flops_ratio:.3f}, "
             f"loss {best.value:.4g}"
         )
+        shares = [share for t in self.completed if (share := block_share(t))]
+        if shares:
+            kinds = shares[0].keys()
+            mean = ", ".join(f"{k} {sum(s[k] for s in shares) / len(shares):.1%}" for k in kinds)
+            of_best = block_share(best)
+            lines.append(f"transformer block evaluations per trial, share of full computation: mean {mean}"
+                         + (" (best: " + ", ".join(f"{k} {v:.1%}" for k, v in of_best.items()) + ")"
+                            if of_best else ""))
         return "\n".join(lines)
 
     # -- persistence ---------------------------------------------------------------------------------------

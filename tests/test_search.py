@@ -8,6 +8,7 @@ import procache_opt
 from procache_opt.baselines import best_fora_within
 from procache_opt.cli import main
 from procache_opt.evaluate import Evaluator
+from procache_opt.result import block_share
 from procache_opt.testing import tiny_dit_pipeline
 
 FAST = {"num_inference_steps": 10, "calibration": 2, "heldout": None, "progress": False}
@@ -23,6 +24,12 @@ def test_search_returns_a_schedule_within_budget_that_runs():
         Evaluator(pipe, result_calibration(result), 10).costs, 0.5, selective=True,
         forecast_order=result.heldout["forecast"]["order"])
     assert best.metadata["value"] == min(t.value for t in result.trials if t.flops_ratio <= 0.5)
+    for trial in result.completed:  # attention runs on FULL steps only; feed-forward also on SELECTIVE ones
+        share = block_share(trial)
+        assert share["attention"] == pytest.approx(trial.schedule.num_full / 10)
+        assert share["attention"] <= share["feed_forward"] <= (10 - trial.schedule.pattern.count(0)) / 10
+    assert "transformer block evaluations per trial" in result.summary()
+    assert "block_share.attention" in result.to_records()[0]
     with procache_opt.apply(pipe, best):
         images = pipe(class_labels=[1], num_inference_steps=10, output_type="np").images
     assert images.shape[0] == 1

@@ -41,11 +41,14 @@ def run_evaluation(
     """Evaluate one schedule and turn any exception (NaN output, out of memory) into a failed outcome.
 
     A failed trial is recorded, never fatal: the message keeps the exception type, text and the innermost
-    frame so a user can reproduce it with the schedule that is stored next to it.
+    frame so a user can reproduce it with the schedule that is stored next to it. Facts an evaluator reports
+    beside its scores (``evaluate.Scores.facts``, e.g. block evaluations) go into the outcome's ``extra``.
     """
     start = time.perf_counter()
     try:
-        scores = dict(evaluate(schedule))
+        result = evaluate(schedule)
+        scores = dict(result)
+        extra = {**getattr(result, "facts", {}), **extra}
     except Exception as exc:  # noqa: BLE001 - every evaluation failure is recorded, not raised
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
