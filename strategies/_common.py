@@ -10,8 +10,9 @@ import numpy as np
 
 from procache_opt.schedule import Schedule
 from procache_opt.space import ScheduleSpace
+from procache_opt.strategy import Strategy
 
-__all__ = ["ProposalHistory", "SequentialProposals"]
+__all__ = ["ProposalHistory", "SequentialProposals", "SequentialStrategy"]
 
 
 class ProposalHistory:
@@ -96,3 +97,25 @@ class SequentialProposals:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state["position"])
         self._iterator = islice(self._make(), self.position, None)
+
+
+class SequentialStrategy(Strategy):
+    """A strategy that serves a fixed sequence of proposals in order, ignoring what it is told.
+
+    Subclasses build ``self._sequence`` in ``__init__``; asking, finishing and resuming follow from it.
+    """
+
+    _sequence: SequentialProposals
+
+    def ask(self, n: int = 1) -> list[Schedule]:
+        return self._sequence.take(n)
+
+    @property
+    def is_finished(self) -> bool:
+        return self._sequence.finished
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._sequence.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sequence.load_state_dict(state)

@@ -6,18 +6,14 @@ patterns, their PixArt-alpha settings 1); there, evaluating every member beats s
 
 from __future__ import annotations
 
-from typing import Any
+from procache_opt.strategies._common import SequentialProposals, SequentialStrategy
 
-from procache_opt.strategies._common import SequentialProposals
-
-from procache_opt.schedule import Schedule
 from procache_opt.space import ScheduleSpace
-from procache_opt.strategy import Strategy
 
 __all__ = ["ExhaustiveStrategy"]
 
 
-class ExhaustiveStrategy(Strategy):
+class ExhaustiveStrategy(SequentialStrategy):
     """Proposes every member once, in :meth:`ScheduleSpace.enumerate` order; the seed is not used.
 
     Example:
@@ -44,16 +40,3 @@ class ExhaustiveStrategy(Strategy):
             raise ValueError(f"the space has {size:,} members, more than max_size={max_size:,} evaluations; "
                              "search it with 'random', 'tpe' or 'evolutionary', tighten it, or raise max_size")
         self._sequence = SequentialProposals(space.enumerate, size)
-
-    def ask(self, n: int = 1) -> list[Schedule]:
-        return self._sequence.take(n)
-
-    @property
-    def is_finished(self) -> bool:
-        return self._sequence.finished
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._sequence.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._sequence.load_state_dict(state)

@@ -8,13 +8,11 @@ argues that non-uniform schedules do better at the same budget; this strategy is
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from procache_opt.strategies._common import SequentialProposals
+from procache_opt.strategies._common import SequentialProposals, SequentialStrategy
 
 from procache_opt.schedule import Schedule
 from procache_opt.space import ScheduleSpace
-from procache_opt.strategy import Strategy
 
 __all__ = ["UniformStrategy", "even_intervals"]
 
@@ -34,7 +32,7 @@ def even_intervals(num_steps: int, num_full: int, monotone: str | None) -> tuple
     return tuple(b - a for a, b in zip(starts, starts[1:], strict=False))
 
 
-class UniformStrategy(Strategy):
+class UniformStrategy(SequentialStrategy):
     """Proposes one evenly spaced schedule per feasible ``num_full``, most FULL steps first, then finishes.
 
     Most FULL steps first is best use of the budget first. Even spacing always satisfies the interval bounds
@@ -66,16 +64,3 @@ class UniformStrategy(Strategy):
                 schedules[space.from_intervals(even)] = None
         self.schedules = list(schedules)
         self._sequence = SequentialProposals(lambda: iter(self.schedules), len(self.schedules))
-
-    def ask(self, n: int = 1) -> list[Schedule]:
-        return self._sequence.take(n)
-
-    @property
-    def is_finished(self) -> bool:
-        return self._sequence.finished
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._sequence.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._sequence.load_state_dict(state)
