@@ -123,6 +123,13 @@ class SelectiveConfig:
         """Tokens recomputed at one selective step of one deep block (the authors floor the product)."""
         return int(math.floor(self.fresh_ratio_at(step, num_steps, layer, num_layers) * num_tokens))
 
+    def score_query_stride(self, num_tokens: int) -> int:
+        """Stride between the queries the attention-received score uses: at most ``score_max_queries`` of them.
+
+        The runtime scores with every stride-th query and the FLOPs count charges exactly those.
+        """
+        return max(1, -(-num_tokens // self.score_max_queries))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

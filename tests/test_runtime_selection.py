@@ -8,7 +8,7 @@ import torch
 from procache_opt.runtime import selection
 from procache_opt.runtime.context import score_steps
 from procache_opt.runtime.selection import attention_received, importance, spatial_bonus, top_tokens
-from procache_opt.schedule import Action
+from procache_opt.schedule import Action, SelectiveConfig
 
 
 def _qk(batch: int = 2, heads: int = 3, tokens: int = 36, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,22 +40,23 @@ def _authors_local_selection_with_bonus(score: torch.Tensor, bonus_ratio: float,
 
 def test_attention_received_matches_dense_column_sums() -> None:
     query, key = _qk()
-    torch.testing.assert_close(attention_received(query, key, 0.3, max_queries=1024), _dense_received(query, key, 0.3))
+    torch.testing.assert_close(attention_received(query, key, 0.3, query_stride=1), _dense_received(query, key, 0.3))
 
 
 def test_attention_received_chunks_without_changing_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
     query, key = _qk()
-    expected = attention_received(query, key, 0.3, max_queries=1024)
+    expected = attention_received(query, key, 0.3, query_stride=1)
     monkeypatch.setattr(selection, "SCORE_CHUNK_ELEMENTS", 2 * 3 * 36 * 5)  # 5 queries per chunk
-    torch.testing.assert_close(attention_received(query, key, 0.3, max_queries=1024), expected)
+    torch.testing.assert_close(attention_received(query, key, 0.3, query_stride=1), expected)
 
 
 def test_attention_received_uses_at_most_max_queries_strided() -> None:
     query, key = _qk()
-    stride = selection.query_stride(36, 10)
+    stride = SelectiveConfig(score_max_queries=10).score_query_stride(36)
     assert stride == 4 and len(range(0, 36, stride)) <= 10
+    assert SelectiveConfig(score_max_queries=1024).score_query_stride(36) == 1
     expected = _dense_received(query[:, :, ::stride], key, 0.3)
-    torch.testing.assert_close(attention_received(query, key, 0.3, max_queries=10), expected)
+    torch.testing.assert_close(attention_received(query, key, 0.3, query_stride=stride), expected)
 
 
 def test_spatial_bonus_matches_authors_code() -> None:

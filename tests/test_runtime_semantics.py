@@ -142,7 +142,7 @@ def test_selective_refreshes_the_most_important_tokens() -> None:
         getattr(attn, name).register_forward_hook(lambda m, a, out, name=name: qk.__setitem__(name, out))
     twin(**calls[0])
     query, key = (qk[name].view(2, 64, attn.heads, -1).transpose(1, 2) for name in ("to_q", "to_k"))
-    score = importance(attention_received(query, key, attn.scale, 1024), torch.zeros(2, 64), (8, 8),
+    score = importance(attention_received(query, key, attn.scale), torch.zeros(2, 64), (8, 8),
                        staleness_weight=0.25, staleness_threshold=4, patch=2, bonus=0.6)
     count = config.num_fresh_tokens(64, 1, 2, deep, num_layers)
     assert count > 0

@@ -80,14 +80,13 @@ def _selective_extra(spec: ModelSpec, step: int, num_steps: int, selective: Sele
 
     Mirrors ``procache_opt.runtime``: the fresh-token counts are ``SelectiveConfig.num_fresh_tokens``; the
     O(N) score is computed only in blocks that refresh tokens. The attention-received score is taken at the
-    preceding FULL step from ``q`` and ``k``, over every ``stride``-th query (``runtime.selection.query_stride``)
+    preceding FULL step from ``q`` and ``k``, over every ``stride``-th query (``SelectiveConfig.score_query_stride``)
     against all keys, then summed over queries. It is charged here, to each SELECTIVE step it serves, so that
     costs stay additive per step (``StepCosts``); a segment with ``k`` SELECTIVE steps is thus charged ``k - 1``
     times too often (see ``docs/flops.md`` for how little that is).
     """
     n, layers = spec.num_tokens, spec.num_layers
-    stride = max(1, -(-n // selective.score_max_queries))
-    queries = -(-n // stride)
+    queries = -(-n // selective.score_query_stride(n))
     fresh = [selective.num_fresh_tokens(n, step, num_steps, layer, layers)
              for layer in range(selective.deep_start(layers), layers)]
     attention_received = queries * n * spec.width + spec.num_heads * queries * n

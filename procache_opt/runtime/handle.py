@@ -182,8 +182,7 @@ def _block_hooks(handle: CacheHandle, block: nn.Module, adapter: BlockAdapter, c
 
     def make(name: str) -> ModelHook:
         if name == adapter.self_attention:
-            return ScoredSelfAttentionHook(name, state, cache, block=block, adapter=adapter, query=query, key=key,
-                                           max_queries=state.schedule.selective.score_max_queries)
+            return ScoredSelfAttentionHook(name, state, cache, block=block, adapter=adapter, query=query, key=key)
         if name == adapter.feed_forward:
             return SelectiveFeedForwardHook(name, state, cache, num_layers)
         return BranchCacheHook(name, state, cache)

@@ -172,17 +172,15 @@ class ScoredSelfAttentionHook(BranchCacheHook):
         adapter: The block's adapter.
         query: Capture hook on the query projection.
         key: Capture hook on the key projection.
-        max_queries: ``SelectiveConfig.score_max_queries``.
     """
 
     def __init__(self, name: str, state: StepState, cache: BlockCache, *, block: nn.Module,
-                 adapter: BlockAdapter, query: CaptureHook, key: CaptureHook, max_queries: int) -> None:
+                 adapter: BlockAdapter, query: CaptureHook, key: CaptureHook) -> None:
         super().__init__(name, state, cache)
         self.block = block
         self.adapter = adapter
         self.query = query
         self.key = key
-        self.max_queries = max_queries
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
@@ -197,7 +195,8 @@ class ScoredSelfAttentionHook(BranchCacheHook):
                     "tokens cannot be scored (custom attention processor?)"
                 )
             query, key, scale = self.adapter.heads_for_scoring(self.block, self.query.value, self.key.value)
-            self.cache.attention[state.branch] = attention_received(query, key, scale, self.max_queries)
+            stride = state.schedule.selective.score_query_stride(key.shape[2])
+            self.cache.attention[state.branch] = attention_received(query, key, scale, stride)
         finally:
             self.query.active = self.key.active = False
             self.query.value = self.key.value = None

@@ -16,23 +16,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_received", "importance", "query_stride", "spatial_bonus", "top_tokens"]
+__all__ = ["attention_received", "importance", "spatial_bonus", "top_tokens"]
 
 SCORE_CHUNK_ELEMENTS = 1 << 22
 """Largest attention-map slice (batch x heads x queries x keys) materialised at once: 16 MiB in float32."""
 
 
-def query_stride(num_tokens: int, max_queries: int) -> int:
-    """Stride between the queries that :func:`attention_received` uses (1 when all fit)."""
-    return max(1, -(-num_tokens // max_queries))
-
-
-def attention_received(query: torch.Tensor, key: torch.Tensor, scale: float, max_queries: int) -> torch.Tensor:
+def attention_received(query: torch.Tensor, key: torch.Tensor, scale: float, query_stride: int = 1) -> torch.Tensor:
     """Attention each key token receives, summed over heads and (a strided subset of) queries.
 
     The authors materialise the full ``N x N`` map of every block at every full step; here only the column
-    sums are needed, so at most ``max_queries`` evenly strided queries are used and they are processed in
-    chunks of at most :data:`SCORE_CHUNK_ELEMENTS` map entries: cost ``O(max_queries * N * head_dim)`` per
+    sums are needed, so only every ``query_stride``-th query is used (``SelectiveConfig.score_query_stride``
+    keeps at most ``score_max_queries``) and they are processed in chunks of at most
+    :data:`SCORE_CHUNK_ELEMENTS` map entries: cost ``O(N / query_stride * N * head_dim)`` per
     head, memory bounded whatever ``N``. Summing over heads instead of averaging changes nothing after the
     L2 normalisation.
 
@@ -40,13 +36,13 @@ def attention_received(query: torch.Tensor, key: torch.Tensor, scale: float, max
         query: ``(B, H, N, d)`` queries (after any query norm).
         key: ``(B, H, N, d)`` keys (after any key norm).
         scale: Softmax scale of the attention (``1 / sqrt(d)`` unless the model says otherwise).
-        max_queries: Most queries used.
+        query_stride: Use queries ``0, query_stride, 2 * query_stride, ...``.
 
     Returns:
         ``(B, N)`` float32 scores, L2-normalised per sample.
     """
     batch, heads, num_tokens, _ = key.shape
-    query = query[:, :, :: query_stride(num_tokens, max_queries)] * scale  # scaling Q x d beats Q x N
+    query = query[:, :, ::query_stride] * scale  # scaling Q x d beats Q x N
     chunk = max(1, SCORE_CHUNK_ELEMENTS // (batch * heads * num_tokens))
     received = torch.zeros(batch, heads, num_tokens, dtype=torch.float32, device=key.device)
     key_t = key.transpose(-1, -2)
