@@ -6,8 +6,9 @@ that of the best FORA schedule whose counted FLOPs are not lower. FORA (Selvaraj
 selective computation. The comparator for a searched schedule is the FORA schedule with the lowest error
 among those whose FLOPs ratio is at least the searched one's (so FORA always has at least as much compute).
 
-Each search runs exactly as ``procache_opt.search`` does by default (interval-order probe, forecast-order
-choice, FORA start point, ``feature_error`` on 8 search-split samples) except that the held-out judgement is
+Each search (``NAME+per_depth``: with ``per_depth=True``) runs as ``procache_opt.search`` does by default
+(interval-order probe, forecast-order choice, FORA start point, ``feature_error`` on 8 search-split samples)
+except that the held-out judgement is
 done here, once, on 16 held-out samples (other seeds and labels) for every schedule. The table also shows
 where the gain comes from: the FORA start point with the search's forecast order (``uniform+forecast``)
 separates what forecasting reused outputs buys from what the search over patterns buys.
@@ -57,7 +58,8 @@ def _comparator(fora_rows: dict[int, dict[str, float]], flops: float) -> tuple[i
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budgets", default="0.5,0.35")
-    parser.add_argument("--strategies", default="constrained_sampling,tpe,evolutionary")
+    parser.add_argument("--strategies", default="constrained_sampling,tpe,evolutionary,tpe+per_depth",
+                        help="strategy names; NAME+per_depth searches the per-depth space (refresh='deep')")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=30, help="the search() default")
     parser.add_argument("--heldout", type=int, default=16)
@@ -81,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for strategy in strategies:
             for seed in range(args.seeds):
                 t0 = time.perf_counter()
-                result = procache_opt.search(pipe, budget, strategy, n_trials=args.trials, heldout=None,
-                                             seed=seed, progress=False)
+                name, _, variant = strategy.partition("+")
+                result = procache_opt.search(pipe, budget, name, n_trials=args.trials, heldout=None, seed=seed,
+                                             progress=False, per_depth=variant == "per_depth")
                 wall = time.perf_counter() - t0
                 setup.setdefault(f"{budget:g}", " / ".join(
                     line for line in result.summary_lines if line.startswith(("probe", "forecast"))))

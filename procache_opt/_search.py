@@ -28,7 +28,7 @@ from procache_opt.fingerprint import model_signature
 from procache_opt.models import IN_PROCESS, load_pipeline, worker_model_spec
 from procache_opt.objective import OBJECTIVES
 from procache_opt.result import SearchResult
-from procache_opt.schedule import FORECAST_ORDERS, Schedule, SelectiveConfig
+from procache_opt.schedule import FORECAST_ORDERS, Action, Schedule, SelectiveConfig
 from procache_opt.space import ScheduleSpace
 from procache_opt.spec import EvaluationSpec
 from procache_opt.storage import TrialStore, open_store
@@ -73,6 +73,8 @@ def search(
     selective: bool | SelectiveConfig = True,
     monotone: Monotone = "auto",
     forecast: int | Literal["auto"] = "auto",
+    per_depth: bool = False,
+    depth_split: float = 0.5,
     v_min: int = 0,
     v_max: int | None = None,
     include_baseline: bool = True,
@@ -113,6 +115,9 @@ def search(
         forecast: ``Schedule.forecast_order`` of every proposal: 0 reuses outputs as cached (FORA, ProCache),
             1 forecasts them to first order (TaylorSeer); ``"auto"`` runs the FORA start point both ways on
             the calibration set (two runs) and keeps the lower loss.
+        per_depth: Search the per-depth space (``ScheduleSpace(refresh="deep")``): at the Eq. 7 positions the
+            deep blocks recompute in full instead of selectively (needs ``selective`` on).
+        depth_split: Share of the blocks, from the input end, in the shallow group of per-depth schedules.
         v_min: Shortest reuse run (Eq. 4); 0 lets late steps compute in full back to back.
         v_max: Longest reuse run (default: :func:`default_v_max`).
         include_baseline: Evaluate the best FORA schedule within the budget first, so the result is never
@@ -141,6 +146,9 @@ def search(
         raise ValueError(f"forecast={forecast!r}; use 'auto' or a forecast order in {FORECAST_ORDERS}")
     pipe = load_pipeline(model, device=device, dtype=dtype)
     selective_cfg = SelectiveConfig() if selective is True else (selective or None)
+    if per_depth and selective_cfg is None:
+        raise ValueError("per_depth=True puts DEEP refreshes where selective computation would go (Eq. 7); it "
+                         "needs selective=True (or a SelectiveConfig), not selective=False")
     spec = EvaluationSpec(
         model=worker_model_spec(model),
         calibration=calibration if isinstance(calibration, Calibration)
@@ -150,6 +158,7 @@ def search(
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale if guidance_scale is not None else _default_guidance(pipe),
         selective=selective_cfg or SelectiveConfig(),
+        depth_split=depth_split,
         device=device,
         dtype=str(dtype).removeprefix("torch.") if dtype is not None else None,
     )
@@ -165,7 +174,9 @@ def search(
         monotone = probe.direction
         measured["probe"] = probe.to_dict()
         summary.append(f"probe: {probe.summary()}")
-    fora_plain = best_fora_within(costs, budget_flops, selective=selective_cfg is not None)
+    injected = Action.DEEP if per_depth else Action.SELECTIVE
+    fora_plain = best_fora_within(costs, budget_flops, selective=selective_cfg is not None, injected=injected,
+                                  depth_split=depth_split)
     if forecast == "auto":
         choice = _choose_forecast(evaluator, spec, fora_plain)
         forecast = choice.order
@@ -181,6 +192,8 @@ def search(
         selective=selective_cfg is not None,
         selective_config=selective_cfg or SelectiveConfig(),
         forecast_order=forecast,
+        refresh="deep" if per_depth else "selective",
+        depth_split=depth_split,
     )
     summary.append(f"space: {space.describe()}")
     strategy_name = strategy if isinstance(strategy, str) else type(strategy).name or type(strategy).__name__
@@ -290,10 +303,7 @@ def _heldout_check(pipe: Any, spec: EvaluationSpec, heldout: Calibration | int, 
     calibration = heldout if isinstance(heldout, Calibration) else Calibration.default(
         pipe, num_samples=heldout, split="heldout")
     names = dict.fromkeys([*spec.objectives, *HELDOUT_OBJECTIVES], 1.0)
-    evaluator = EvaluationSpec(
-        model=spec.model, calibration=calibration, objectives=names, objective_options=spec.objective_options,
-        num_inference_steps=spec.num_inference_steps, guidance_scale=spec.guidance_scale, selective=spec.selective,
-    ).build_evaluator(pipe)
+    evaluator = replace(spec, calibration=calibration, objectives=names).build_evaluator(pipe)
     out: dict[str, Any] = {"num_samples": len(calibration)}
     for label, schedule in {"best": best, **baselines}.items():
         scores = evaluator.evaluate(schedule)

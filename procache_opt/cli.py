@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout", type=int, default=16, help="held-out samples for the final check (0: skip)")
     s.add_argument("--monotone", default="auto", choices=["auto", "decreasing", "increasing", "none"])
     s.add_argument("--no-selective", action="store_true", help="no selective computation (FORA-style reuse only)")
+    s.add_argument("--per-depth", action="store_true",
+                   help="per-depth space: deep blocks recompute in full where selective computation would go")
+    s.add_argument("--depth-split", type=float, default=0.5, help="share of blocks in the shallow group")
     s.add_argument("--forecast", default="auto", choices=["auto", "0", "1"],
                    help="reused outputs: 0 as cached (FORA, ProCache), 1 first-order forecast (TaylorSeer), auto: "
                         "try both on the FORA start point and keep the better")
@@ -130,6 +133,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
         selective=not args.no_selective,
         monotone=None if args.monotone == "none" else args.monotone,
         forecast=args.forecast if args.forecast == "auto" else int(args.forecast),
+        per_depth=args.per_depth,
+        depth_split=args.depth_split,
         seed=args.seed,
         backend=args.backend,
         backend_options=backend_options or None,

@@ -9,6 +9,15 @@ arXiv 2512.17298, Section 3.2) extended with the selective-computation action of
 * ``SELECTIVE`` (2): shallow blocks reuse; deep blocks recompute the feed-forward branch for their most
   important tokens.
 
+Per-depth schedules (beyond ProCache; block groups with their own pattern, as Delta-DiT, Chen et al. 2024,
+arXiv 2406.01125, and ECAD, arXiv 2506.03537, motivate) add two actions that split the blocks at
+``Schedule.depth_split``:
+
+* ``DEEP`` (3): the deep blocks compute in full, the shallow blocks reuse,
+* ``SHALLOW`` (4): the shallow blocks compute in full, the deep blocks reuse.
+
+Each group's own pattern is :meth:`Schedule.group_actions`.
+
 ``forecast_order`` says how reused outputs are formed: 0 reuses them as cached (FORA, ProCache), 1 forecasts
 them to first order from the last two FULL steps (TaylorSeer, Liu et al. 2025, arXiv 2503.06923).
 
@@ -42,7 +51,18 @@ class Action(enum.IntEnum):
     REUSE = 0
     FULL = 1
     SELECTIVE = 2
+    DEEP = 3
+    SHALLOW = 4
 
+
+#: What each action does in the shallow and in the deep block group (``DEEP``/``SHALLOW`` split them).
+_GROUP_ACTIONS = {
+    Action.REUSE: (Action.REUSE, Action.REUSE),
+    Action.FULL: (Action.FULL, Action.FULL),
+    Action.SELECTIVE: (Action.SELECTIVE, Action.SELECTIVE),
+    Action.DEEP: (Action.REUSE, Action.FULL),
+    Action.SHALLOW: (Action.FULL, Action.REUSE),
+}
 
 class ScheduleMismatchError(ValueError):
     """A schedule was applied to a model or step count it was not made for."""
@@ -156,6 +176,8 @@ class Schedule:
     Attributes:
         actions: One action per step, in denoising order; the first must be ``FULL``.
         selective: Settings used on ``SELECTIVE`` steps.
+        depth_split: Share of the blocks, from the input end, in the shallow group of ``DEEP`` and ``SHALLOW``
+            steps (``split_layer``); unused by schedules without those actions.
         forecast_order: How non-FULL steps form the branch outputs they reuse: 0 returns them as cached at the
             last FULL step (FORA, ProCache); 1 extrapolates them linearly through the last two FULL steps'
             outputs (first-order TaylorSeer). Forecasting adds elementwise work only, which the FLOPs count
@@ -168,6 +190,7 @@ class Schedule:
     actions: tuple[Action, ...]
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
     forecast_order: int = 0
+    depth_split: float = 0.5
     model_class: str | None = None
     model_fingerprint: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -177,7 +200,8 @@ class Schedule:
             actions = tuple(Action(int(a)) for a in self.actions)
         except ValueError as exc:
             raise ValueError(
-                f"invalid schedule entry ({exc}); each step must be 0 (REUSE), 1 (FULL) or 2 (SELECTIVE)"
+                f"invalid schedule entry ({exc}); each step must be 0 (REUSE), 1 (FULL), 2 (SELECTIVE), 3 (DEEP: "
+                "deep blocks compute) or 4 (SHALLOW: shallow blocks compute)"
             ) from None
         if not actions:
             raise ValueError("a schedule needs at least one step")
@@ -188,6 +212,9 @@ class Schedule:
         if self.forecast_order not in FORECAST_ORDERS:
             raise ValueError(f"forecast_order={self.forecast_order!r}; allowed: {FORECAST_ORDERS} (0: reuse as cached, "
                              "1: first-order forecast from the last two FULL steps)")
+        if not 0 < self.depth_split < 1:
+            raise ValueError(f"depth_split={self.depth_split!r} is out of range; allowed: 0 < depth_split < 1 (the "
+                             "share of blocks in the shallow group)")
         object.__setattr__(self, "actions", actions)
 
     # -- construction -------------------------------------------------------------------------------------
@@ -230,6 +257,21 @@ class Schedule:
         starts = [i for i, a in enumerate(self.actions) if a == Action.FULL] + [self.num_steps]
         return tuple(b - a for a, b in zip(starts, starts[1:], strict=False))
 
+    @property
+    def per_depth(self) -> bool:
+        """Whether the block groups follow different patterns (the schedule has DEEP or SHALLOW steps)."""
+        return any(a in (Action.DEEP, Action.SHALLOW) for a in self.actions)
+
+    def split_layer(self, num_layers: int) -> int:
+        """Index of the first deep block: ``round(depth_split * num_layers)``, kept within ``[1, num_layers - 1]``."""
+        if num_layers < 2:
+            raise ValueError(f"a per-depth schedule needs at least 2 blocks, the model has {num_layers}")
+        return min(max(round(self.depth_split * num_layers), 1), num_layers - 1)
+
+    def group_actions(self, deep: bool) -> tuple[Action, ...]:
+        """The pattern one block group follows: FULL, REUSE or SELECTIVE at each step."""
+        return tuple(_GROUP_ACTIONS[a][int(deep)] for a in self.actions)
+
     def __len__(self) -> int:
         return self.num_steps
 
@@ -237,17 +279,18 @@ class Schedule:
         return "".join(str(p) for p in self.pattern)
 
     # -- transformations ----------------------------------------------------------------------------------
-    def inject_selective(self) -> Schedule:
-        """Every second position of each maximal REUSE run becomes SELECTIVE (ProCache Eq. 7).
+    def inject_selective(self, action: Action = Action.SELECTIVE) -> Schedule:
+        """Every second position of each maximal REUSE run becomes SELECTIVE (ProCache Eq. 7), or ``action``.
 
-        ``[0,0] -> [0,2]``, ``[0,0,0] -> [0,2,0]``, ``[0,0,0,0] -> [0,2,0,2]``. Existing SELECTIVE steps end a
-        run like FULL steps do.
+        ``[0,0] -> [0,2]``, ``[0,0,0] -> [0,2,0]``, ``[0,0,0,0] -> [0,2,0,2]``. Existing non-REUSE steps end a
+        run like FULL steps do. ``action=Action.DEEP`` gives the per-depth variant: at those positions the deep
+        blocks compute in full instead of refreshing a few tokens.
         """
         out: list[int] = []
         run = 0
         for a in self.pattern:
             run = run + 1 if a == Action.REUSE else 0
-            out.append(int(Action.SELECTIVE) if a == Action.REUSE and run % 2 == 0 else a)
+            out.append(int(action) if a == Action.REUSE and run % 2 == 0 else a)
         return replace(self, actions=tuple(Action(a) for a in out))
 
     def with_model(self, model_class: str | None, model_fingerprint: str | None) -> Schedule:
@@ -281,6 +324,7 @@ class Schedule:
             "pattern": list(self.pattern),
             "selective": self.selective.to_dict(),
             "forecast_order": self.forecast_order,
+            "depth_split": self.depth_split,
             "model": {"class": self.model_class, "fingerprint": self.model_fingerprint},
             "metadata": self.metadata,
         }
@@ -302,6 +346,7 @@ class Schedule:
             pattern,
             selective=SelectiveConfig.from_dict(data.get("selective", {})),
             forecast_order=int(data.get("forecast_order", 0)),
+            depth_split=float(data.get("depth_split", 0.5)),
             model_class=model.get("class"),
             model_fingerprint=model.get("fingerprint"),
             metadata=dict(data.get("metadata", {})),

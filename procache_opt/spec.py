@@ -33,6 +33,7 @@ class EvaluationSpec:
         num_inference_steps: Denoising steps of every run.
         guidance_scale: Classifier-free guidance scale.
         selective: Selective-computation settings (for FLOPs counting).
+        depth_split: ``Schedule.depth_split`` of per-depth schedules (for FLOPs counting).
         device: Torch device for the pipeline (``None``: leave where it is).
         dtype: Torch dtype name, e.g. ``"float16"`` (``None``: leave as loaded).
         cache_dir: Folder for the on-disk reference cache (``None``: memory only).
@@ -45,6 +46,7 @@ class EvaluationSpec:
     num_inference_steps: int = 50
     guidance_scale: float = 4.0
     selective: SelectiveConfig = field(default_factory=SelectiveConfig)
+    depth_split: float = 0.5
     device: str | None = None
     dtype: str | None = None
     cache_dir: str | None = None
@@ -67,6 +69,7 @@ class EvaluationSpec:
             self.num_inference_steps,
             selective=self.selective,
             guidance=self.guidance_scale > 1,
+            depth_split=self.depth_split,
         )
         return Evaluator(
             pipe,

@@ -14,8 +14,9 @@ from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
 from torch.utils.flop_counter import FlopCounterMode
 
-from procache_opt import Schedule, ScheduleMismatchError, SelectiveConfig
+from procache_opt import Action, Schedule, ScheduleMismatchError, SelectiveConfig
 from procache_opt.flops import MODULE_KINDS, PRESETS, ModelSpec, count_flops, step_costs
+from procache_opt.runtime import apply
 
 TEXT_LENGTH = 5
 # A small spec for action-level checks: 8 blocks of width 16 over 64 tokens.
@@ -39,12 +40,16 @@ def tiny_pixart() -> PixArtTransformer2DModel:
                                     caption_channels=20, use_additional_conditions=True).eval()
 
 
-def _measure(model: torch.nn.Module, **inputs: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, int]:
-    """MACs of one forward as FlopCounterMode counts them, in total and per module path."""
+def _use_countable_attention(model: torch.nn.Module) -> None:
     # FlopCounterMode has no formula for the CPU SDPA kernel; the classic processor runs baddbmm/bmm instead.
     for module in model.modules():
         if isinstance(module, Attention):
             module.set_processor(AttnProcessor())
+
+
+def _measure(model: torch.nn.Module, **inputs: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, int]:
+    """MACs of one forward as FlopCounterMode counts them, in total and per module path."""
+    _use_countable_attention(model)
     with torch.no_grad(), FlopCounterMode(display=False, depth=None) as counter:
         model(**inputs)
     return {path: sum(ops.values()) // 2 for path, ops in counter.get_flop_counts().items()}
@@ -137,7 +142,7 @@ def test_report_totals_come_from_step_costs():
     assert report.macs_total == sum(report.per_action.values())
     assert report.macs_full_total == costs.full_total
     assert report.ratio == pytest.approx(costs.ratio(schedule)) and report.flops_total == 2 * report.macs_total
-    assert dict(report.steps_per_action) == {"FULL": 5, "REUSE": 6, "SELECTIVE": 4}
+    assert dict(report.steps_per_action) == {"FULL": 5, "REUSE": 6, "SELECTIVE": 4, "DEEP": 0, "SHALLOW": 0}
     assert set(report.per_module) == set(MODULE_KINDS)
 
 
@@ -158,6 +163,30 @@ def test_action_costs(max_queries, queries):
         scoring = len(deep) * received + 4 * n * sum(k > 0 for k in fresh)  # O(N) only where tokens refresh
         assert costs.selective[t] - costs.reuse[t] == 2 * (sum(fresh) * 2 * d * 4 * d + scoring)
     assert costs.selective[0] < costs.selective[-1] < costs.full[0]  # ToCa's schedule: more fresh tokens late
+
+
+@pytest.mark.parametrize("action", [Action.DEEP, Action.SHALLOW])
+def test_per_depth_steps_cost_their_block_group_as_measured(tiny_dit, action):
+    """The counted cost of a DEEP / SHALLOW step over REUSE equals what FlopCounterMode measures through the
+    runtime, and the two groups partition the blocks."""
+    _use_countable_attention(tiny_dit)
+    inputs = {"hidden_states": torch.randn(1, 4, 8, 8), "timestep": torch.tensor([7]),
+              "class_labels": torch.tensor([3])}
+
+    def second_step_macs(pattern):
+        with torch.no_grad(), apply(tiny_dit, Schedule.from_pattern(pattern, depth_split=0.5)) as handle:
+            with handle.at_step(0):
+                tiny_dit(**inputs)
+            with handle.at_step(1), FlopCounterMode(display=False) as counter:
+                tiny_dit(**inputs)
+        return counter.get_total_flops() // 2
+
+    costs = step_costs(tiny_dit, 2, guidance=False, depth_split=0.5)
+    measured = second_step_macs([1, int(action)]) - second_step_macs([1, 0])
+    assert measured > 0 and costs.of(action, 1) - costs.reuse[1] == pytest.approx(measured, rel=0.02)
+    assert costs.deep[1] + costs.shallow[1] - costs.reuse[1] == costs.full[1]
+    with pytest.raises(ValueError, match="counted for 0.5"):
+        costs.ratio(Schedule.from_pattern([1, int(action)], depth_split=0.25))
 
 
 def test_guidance_and_batch_scale_every_step():

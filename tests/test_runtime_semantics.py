@@ -224,3 +224,19 @@ def test_forecast_needs_two_full_steps_and_moves_refreshed_tokens_along_the_slop
     slope = outs[1] - outs[0]
     assert not torch.allclose(outs[2], outs[1] + slope)  # step 2 recomputed every token
     torch.testing.assert_close(outs[3], outs[2] + slope, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("action", "deep_computes"), [(3, True), (4, False)])
+def test_per_depth_steps_compute_one_block_group_and_reuse_the_other(action: int, deep_computes: bool) -> None:
+    """DEEP (3): blocks from ``split_layer`` on compute, the others reuse; SHALLOW (4): the reverse."""
+    calls = [_dit_call(0, 900), _dit_call(1, 500)]
+    schedule = Schedule.from_pattern([1, action], depth_split=0.5)
+    out = _cached_run(tiny_dit_transformer(), schedule, calls)
+    twin = tiny_dit_transformer()
+    split = schedule.split_layer(len(twin.transformer_blocks))
+    expected = _replaced(twin, calls[1], _record(twin, calls[0]),
+                         keep=lambda layer, name: (layer >= split) == deep_computes)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    reuse = _cached_run(tiny_dit_transformer(), Schedule.from_pattern([1, 0]), calls)
+    assert not torch.allclose(out, reuse)

@@ -40,8 +40,20 @@ def test_first_step_must_be_full():
 
 
 def test_invalid_digit_is_rejected_with_allowed_values():
-    with pytest.raises(ValueError, match="0 \\(REUSE\\), 1 \\(FULL\\) or 2 \\(SELECTIVE\\)"):
-        Schedule.from_pattern([1, 3])
+    with pytest.raises(ValueError, match="0 \\(REUSE\\), 1 \\(FULL\\), 2 \\(SELECTIVE\\), 3 \\(DEEP"):
+        Schedule.from_pattern([1, 5])
+
+
+def test_per_depth_actions_split_the_blocks_into_two_patterns():
+    s = Schedule.from_pattern([1, 3, 4, 0, 2], depth_split=0.25)
+    assert s.per_depth and not Schedule.from_pattern([1, 0, 2]).per_depth
+    assert s.group_actions(deep=False) == (Action.FULL, Action.REUSE, Action.FULL, Action.REUSE, Action.SELECTIVE)
+    assert s.group_actions(deep=True) == (Action.FULL, Action.FULL, Action.REUSE, Action.REUSE, Action.SELECTIVE)
+    assert s.split_layer(12) == 3 and s.split_layer(2) == 1
+    assert Schedule.from_pattern([1, 0, 0, 0]).inject_selective(Action.DEEP).pattern == (1, 0, 3, 0)
+    assert Schedule.from_json(s.to_json()) == s
+    with pytest.raises(ValueError, match="depth_split=1.0 is out of range"):
+        Schedule.from_pattern([1, 3], depth_split=1.0)
 
 
 def test_json_round_trip_keeps_everything(tmp_path):

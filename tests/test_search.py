@@ -158,3 +158,14 @@ def test_multi_objective_search_returns_a_pareto_front():
     with pytest.raises(ValueError, match="multi_objective=True needs a strategy with an `objectives` argument"):
         procache_opt.search(tiny_dit_pipeline(seed=0), strategy="random", multi_objective=True, monotone=None,
                             **FAST)
+
+
+def test_per_depth_search_proposes_deep_refreshes_within_budget():
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.6, strategy="random", n_trials=4,
+                                 monotone=None, forecast=0, per_depth=True, depth_split=0.5, **FAST)
+    assert result.config["space"]["refresh"] == "deep"
+    assert all(set(t.schedule.pattern) <= {0, 1, 3} for t in result.trials)
+    assert any(3 in t.schedule.pattern for t in result.trials)
+    assert result.best_trial.flops_ratio <= 0.6 and "per-depth" in result.summary()
+    with pytest.raises(ValueError, match="per_depth=True .* needs selective=True"):
+        procache_opt.search(tiny_dit_pipeline(seed=0), per_depth=True, selective=False, **FAST)

@@ -258,3 +258,25 @@ def test_forecast_order_is_part_of_membership_and_storage() -> None:
     back = ScheduleSpace.from_dict(json.loads(json.dumps(space.to_dict())))
     assert back.forecast_order == 1 and back.count() == space.count()
     assert "forecast to first order" in space.describe()
+
+
+def test_per_depth_space_injects_deep_refreshes_and_counts_their_cost() -> None:
+    from procache_opt.flops import step_costs
+    from procache_opt.testing import tiny_dit_transformer
+
+    costs = step_costs(tiny_dit_transformer(), 12, depth_split=0.5)
+    plain = ScheduleSpace(12, max_flops_ratio=0.6, costs=costs, v_max=4)
+    deep = ScheduleSpace(12, max_flops_ratio=0.6, costs=costs, v_max=4, refresh="deep")
+    member = deep.sample(np.random.default_rng(1))
+    assert set(member.pattern) <= {0, 1, 3} and 3 in deep.from_intervals((4, 4, 4)).pattern
+    assert all(costs.ratio(s) <= 0.6 for s in deep.enumerate())
+    # a DEEP refresh recomputes half the blocks, a SELECTIVE one a few tokens: fewer DEEP members fit
+    assert 0 < deep.count() < plain.count()
+    assert deep.from_intervals((4, 4, 4)).pattern == (1, 0, 3, 0) * 3
+    selective = Schedule.from_pattern((1, 0, 2, 0) * 3)
+    assert any("DEEP steps injected" in v for v in deep.violations(selective))
+    back = ScheduleSpace.from_dict(json.loads(json.dumps(deep.to_dict())))
+    assert back.count() == deep.count() and back.costs == costs
+    assert "per-depth" in deep.describe()
+    with pytest.raises(ValueError, match="refresh='wide'"):
+        ScheduleSpace(12, refresh="wide")

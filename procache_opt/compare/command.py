@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout", type=int, default=16, help="held-out samples for every judgement")
     parser.add_argument("--timing-repeats", type=int, default=5, help="timed (full, method) pairs per speedup")
     parser.add_argument("--timing-samples", type=int, default=2, help="samples per timed generation")
+    parser.add_argument("--forecast", default="auto", choices=["auto", "0", "1"],
+                        help="reused outputs for every search: 0 as cached, 1 first-order forecast, auto: measure once")
     parser.add_argument("--no-baselines", action="store_true", help="compare strategies only")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default="runs/compare", help="results folder; rerun to resume")
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace, command: str = "procache-opt compare") -> Path
                 strategies=args.strategies.split(","), n_trials=args.trials, seeds=args.seeds, out=out,
                 progress=not args.no_progress, num_inference_steps=args.steps, guidance_scale=args.guidance,
                 calibration=args.calibration, heldout=args.heldout, timing_repeats=args.timing_repeats,
-                timing_samples=args.timing_samples, baselines=not args.no_baselines)
+                timing_samples=args.timing_samples, baselines=not args.no_baselines,
+                forecast=args.forecast if args.forecast == "auto" else int(args.forecast))
         runs = _runs(elapsed_file)
         elapsed_file.write_text(json.dumps({"runs": [*runs, time.perf_counter() - start]}))
     runs = _runs(elapsed_file)
@@ -96,8 +99,8 @@ def _flags(result: CompareResult, args: argparse.Namespace) -> list[str]:
         "--strategies": ",".join(c.strategies), "--trials": c.n_trials, "--seeds": c.seeds,
         "--steps": c.num_inference_steps, "--guidance": f"{c.guidance_scale:g}",
         "--calibration": c.calibration, "--heldout": c.heldout, "--timing-repeats": c.timing_repeats,
-        "--timing-samples": c.timing_samples, "--threads": result.setup.get("threads"), "--out": args.out,
-        "--report": args.report, "--assets": args.assets,
+        "--timing-samples": c.timing_samples, "--forecast": c.forecast, "--threads": result.setup.get("threads"),
+        "--out": args.out, "--report": args.report, "--assets": args.assets,
     }
     shown = [f"{flag} {shlex.quote(str(value))}" for flag, value in flags.items() if value is not None]
     return shown + ([] if c.baselines else ["--no-baselines"])

@@ -36,9 +36,12 @@ __all__ = ["CONFORMANCE_SPACES", "StrategyConformance", "synthetic_costs", "toy_
 
 
 def synthetic_costs(num_steps: int) -> StepCosts:
-    """Costs shaped like DiT-XL/2's: a reused step ~0.2% of a FULL one, selective steps dearer late."""
+    """Costs shaped like DiT-XL/2's: a reused step ~0.2% of a FULL one, selective steps dearer late; a DEEP or
+    SHALLOW step (per-depth schedules, blocks split in half) recomputes half the blocks."""
+    half = (0.002 + 0.499,) * num_steps
     return StepCosts(full=(1.0,) * num_steps, reuse=(0.002,) * num_steps,
-                     selective=tuple(0.002 + 0.06 * t / num_steps for t in range(num_steps)))
+                     selective=tuple(0.002 + 0.06 * t / num_steps for t in range(num_steps)),
+                     deep=half, shallow=half, depth_split=0.5)
 
 
 #: Spaces every strategy is checked on (all small enough for ``exhaustive``'s default ``max_size``).
@@ -48,6 +51,8 @@ CONFORMANCE_SPACES: dict[str, Callable[[], ScheduleSpace]] = {
     "increasing": lambda: ScheduleSpace(30, monotone="increasing", v_min=1, v_max=7, min_full=6),
     "flops_budget": lambda: ScheduleSpace(50, max_flops_ratio=0.35, costs=synthetic_costs(50), v_min=1,
                                           v_max=6),
+    "per_depth": lambda: ScheduleSpace(16, max_flops_ratio=0.45, costs=synthetic_costs(16), monotone=None, v_max=5,
+                                       refresh="deep"),
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from procache_opt.costs import StepCosts
 from procache_opt.flops._spec import FF_IN_FACTOR, ModelSpec, resolve_spec
-from procache_opt.schedule import Action, SelectiveConfig
+from procache_opt.schedule import Action, Schedule, SelectiveConfig
 
 __all__ = ["ACTIONS", "MODULE_KINDS", "costs_from_tables", "forward_batch", "forward_macs", "step_costs", "step_tables"]
 
@@ -24,7 +24,8 @@ _TIMESTEP_FEATURES = 256  # sinusoidal features fed to every TimestepEmbedding (
 # the staleness counter, add the weighted staleness, the 2x2 patch maximum and its bonus (Section 3.3).
 _SCORE_OPS_PER_TOKEN = 4
 _DEFAULT_SELECTIVE = SelectiveConfig()
-ACTIONS = (Action.FULL, Action.REUSE, Action.SELECTIVE)  # the order of StepCosts' fields
+ACTIONS = (Action.FULL, Action.REUSE, Action.SELECTIVE, Action.DEEP, Action.SHALLOW)  # StepCosts' field order
+_BLOCK_KINDS = ("attn", "cross_attn", "ff")  # per-block work, the same in every block
 
 
 def _matmul(rows: int, *widths: int) -> int:
@@ -95,12 +96,14 @@ def _selective_extra(spec: ModelSpec, step: int, num_steps: int, selective: Sele
 
 
 def step_tables(
-    spec: ModelSpec, num_steps: int, selective: SelectiveConfig, forward_batch: int
+    spec: ModelSpec, num_steps: int, selective: SelectiveConfig, forward_batch: int, depth_split: float = 0.5
 ) -> dict[Action, list[dict[str, int]]]:
     """MACs by module kind of one whole denoising step, for every action and step index.
 
     REUSE keeps the work of :data:`_ALWAYS` (embeddings, modulation, norms, gated adds, output layer) and
-    drops attention, cross-attention and feed-forward; SELECTIVE is REUSE plus :func:`_selective_extra`.
+    drops attention, cross-attention and feed-forward; SELECTIVE is REUSE plus :func:`_selective_extra`;
+    DEEP and SHALLOW are REUSE plus the attention, cross-attention and feed-forward of their block group
+    (blocks are identical, so a group of ``k`` blocks costs ``k / num_layers`` of them).
     """
     if num_steps < 1:
         raise ValueError(f"num_inference_steps={num_steps!r} is out of range; allowed: >= 1")
@@ -111,6 +114,11 @@ def step_tables(
         {**reuse, **{k: forward_batch * v for k, v in _selective_extra(spec, t, num_steps, selective).items()}}
         for t in range(num_steps)
     ]
+    layers = spec.num_layers
+    split = Schedule.from_pattern([1], depth_split=depth_split).split_layer(layers)
+    for action, group in ((Action.SHALLOW, split), (Action.DEEP, layers - split)):
+        row = {**reuse, **{k: full[k] // layers * group for k in _BLOCK_KINDS}}
+        tables[action] = [row] * num_steps
     return tables
 
 
@@ -120,6 +128,7 @@ def step_costs(
     selective: SelectiveConfig = _DEFAULT_SELECTIVE,
     guidance: bool = True,
     batch_size: int = 1,
+    depth_split: float = 0.5,
 ) -> StepCosts:
     """MACs of one whole denoising step for FULL, REUSE and SELECTIVE at each step index.
 
@@ -133,6 +142,7 @@ def step_costs(
         selective: Settings of SELECTIVE steps.
         guidance: Batched classifier-free guidance: every forward runs 2 samples per image.
         batch_size: Images per generation.
+        depth_split: ``Schedule.depth_split`` of the per-depth schedules to count (DEEP and SHALLOW steps).
 
     Example:
         >>> costs = step_costs("dit-xl-2-256", 50)
@@ -140,13 +150,14 @@ def step_costs(
         0.502
     """
     spec = resolve_spec(model_or_config)
-    return costs_from_tables(step_tables(spec, num_inference_steps, selective, forward_batch(guidance, batch_size)))
+    tables = step_tables(spec, num_inference_steps, selective, forward_batch(guidance, batch_size), depth_split)
+    return costs_from_tables(tables, depth_split)
 
 
-def costs_from_tables(tables: Mapping[Action, list[dict[str, int]]]) -> StepCosts:
+def costs_from_tables(tables: Mapping[Action, list[dict[str, int]]], depth_split: float = 0.5) -> StepCosts:
     """Sum :func:`step_tables` over module kinds: the one place per-kind counts become per-step costs."""
-    full, reuse, selective = (tuple(sum(row.values()) for row in tables[a]) for a in ACTIONS)
-    return StepCosts(full=full, reuse=reuse, selective=selective)
+    full, reuse, selective, deep, shallow = (tuple(sum(row.values()) for row in tables[a]) for a in ACTIONS)
+    return StepCosts(full=full, reuse=reuse, selective=selective, deep=deep, shallow=shallow, depth_split=depth_split)
 
 
 def forward_batch(guidance: bool, batch_size: int) -> int:

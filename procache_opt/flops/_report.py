@@ -118,7 +118,7 @@ def count_flops(
             ``.transformer``), a config mapping (``FrozenDict``, ``config.json``), a :class:`ModelSpec` or a
             name in :data:`PRESETS`.
         schedule: A :class:`~procache_opt.Schedule` or ProCache pattern; ``None``: every step FULL. Its
-            ``selective`` settings cost the SELECTIVE steps.
+            ``selective`` settings cost the SELECTIVE steps, its ``depth_split`` the DEEP and SHALLOW ones.
         num_inference_steps: Steps of the generation; needed without a schedule, checked against one.
         guidance: Batched classifier-free guidance (batch 2 per image, as ToCa and ProCache report).
         batch_size: Images per generation.
@@ -141,8 +141,8 @@ def count_flops(
         schedule = Schedule.from_pattern(schedule)
     schedule.check_compatible(num_steps=num_inference_steps)
     batch = forward_batch(guidance, batch_size)
-    tables = step_tables(spec, schedule.num_steps, schedule.selective, batch)
-    costs = costs_from_tables(tables)
+    tables = step_tables(spec, schedule.num_steps, schedule.selective, batch, schedule.depth_split)
+    costs = costs_from_tables(tables, schedule.depth_split)
     steps = list(enumerate(schedule.actions))
     return FlopsReport(
         model=str(spec),

@@ -63,17 +63,20 @@ class StepState:
     Attributes:
         schedule: The schedule being followed.
         step: Step index of the running call, else ``None``.
-        action: The schedule's action at ``step``, else ``None``.
+        action: The schedule's action at ``step``, else ``None``; blocks read theirs with :meth:`action_of`.
+        split_layer: First block of the deep group (the number of blocks when the schedule is not per-depth).
         branch: Index of the running call among calls with the same step (0 for batched guidance).
-        score_now: Whether this call must compute token scores (see :func:`score_steps`).
+        score_now: Per block group (shallow, deep): whether this call computes token scores (:func:`score_steps`).
         token_grid: ``(rows, cols)`` of the running call's token grid, if known.
         forced_step: Step index set by ``handle.at_step``; overrides the timestep lookup.
         last_step: Step index of the previous call, else ``None``.
     """
 
-    def __init__(self, schedule: Schedule) -> None:
+    def __init__(self, schedule: Schedule, num_layers: int) -> None:
         self.schedule = schedule
-        self._score_steps = score_steps(schedule.actions)
+        self.split_layer = schedule.split_layer(num_layers) if schedule.per_depth else num_layers
+        self._group_actions = tuple(schedule.group_actions(deep) for deep in (False, True))
+        self._score_steps = tuple(score_steps(actions) for actions in self._group_actions)
         self._caches: list[BranchCaches] = []
         self.forced_step: int | None = None
         self.reset()
@@ -87,7 +90,7 @@ class StepState:
         self.step: int | None = None
         self.action: Action | None = None
         self.branch = 0
-        self.score_now = False
+        self.score_now = (False, False)
         self.token_grid: tuple[int, int] | None = None
         self.last_step: int | None = None
 
@@ -103,8 +106,18 @@ class StepState:
             self._clear()
         self.step = step
         self.action = self.schedule.actions[step]
-        self.score_now = self._score_steps[step]
+        self.score_now = (self._score_steps[0][step], self._score_steps[1][step])
         self.token_grid = token_grid
+
+    def action_of(self, layer: int) -> Action | None:
+        """What block ``layer`` does in the running call (FULL, REUSE or SELECTIVE), else ``None``."""
+        if self.step is None:
+            return None
+        return self._group_actions[layer >= self.split_layer][self.step]
+
+    def scores_now(self, layer: int) -> bool:
+        """Whether block ``layer`` computes token scores in the running call."""
+        return self.score_now[layer >= self.split_layer]
 
     def end(self) -> None:
         """Leave the transformer call; after a branch's last step its caches are no longer needed."""

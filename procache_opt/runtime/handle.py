@@ -147,7 +147,7 @@ def apply(target: Any, schedule: Schedule, *, scheduler: Any = None) -> CacheHan
             f"a ProCache schedule is already applied to this {model_class}; call remove() on its handle first"
         )
 
-    state = StepState(schedule)
+    state = StepState(schedule, len(blocks))
     handle = CacheHandle(transformer, state)
     try:
         patch_size = getattr(transformer.config, "patch_size", None)
@@ -162,7 +162,7 @@ def apply(target: Any, schedule: Schedule, *, scheduler: Any = None) -> CacheHan
                 handle._attach(module, BRANCH_HOOK, hooks(name))
             for name, norm in adapter.branch_input_norms(block).items():
                 refreshed = layer >= deep_start and name == adapter.feed_forward
-                handle._attach(norm, NORM_HOOK, UnusedNormHook(state, refreshed_on_selective=refreshed))
+                handle._attach(norm, NORM_HOOK, UnusedNormHook(state, layer, refreshed_on_selective=refreshed))
         transformer._diffusers_hook.invalidate_child_registries_cache()
     except BaseException:
         handle.remove()

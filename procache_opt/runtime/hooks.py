@@ -90,7 +90,7 @@ class BlockCache:
         try:
             output = self.outputs[key]
         except KeyError:
-            if state.action is None:
+            if state.step is None:
                 raise RuntimeError(
                     f"block {self.layer} {name} ran outside a transformer call; ProCache hooks follow the "
                     "schedule only when the whole transformer is called"
@@ -116,7 +116,7 @@ class BranchCacheHook(ModelHook):
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
-        if state.action is Action.FULL:
+        if state.action_of(self.cache.layer) is Action.FULL:
             output = self.fn_ref.original_forward(*args, **kwargs)
             self.cache.store(state, self.name, output)
             return output
@@ -136,16 +136,19 @@ class UnusedNormHook(ModelHook):
 
     Args:
         state: The shared step state.
+        layer: Index of the block.
         refreshed_on_selective: Whether the branch computes on SELECTIVE steps (a deep block's feed-forward).
     """
 
-    def __init__(self, state: StepState, refreshed_on_selective: bool) -> None:
+    def __init__(self, state: StepState, layer: int, refreshed_on_selective: bool) -> None:
         super().__init__()
         self.state = state
+        self.layer = layer
         self.computes = {Action.FULL} | ({Action.SELECTIVE} if refreshed_on_selective else set())
 
     def new_forward(self, module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.state.action in self.computes or self.state.action is None:
+        action = self.state.action_of(self.layer)
+        if action in self.computes or action is None:
             return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
         return hidden_states[:, :1]
 
@@ -184,7 +187,8 @@ class ScoredSelfAttentionHook(BranchCacheHook):
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
-        if not (state.score_now and state.action is Action.FULL):
+        layer = self.cache.layer
+        if not (state.scores_now(layer) and state.action_of(layer) is Action.FULL):
             return super().new_forward(module, *args, **kwargs)
         self.query.active = self.key.active = True
         try:
@@ -216,11 +220,12 @@ class SelectiveFeedForwardHook(BranchCacheHook):
         self.num_layers = num_layers
 
     def new_forward(self, module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        state = self.state
-        if state.action is Action.SELECTIVE:
+        action = self.state.action_of(self.cache.layer)
+        if action is Action.SELECTIVE:
             return self._refresh(hidden_states, *args, **kwargs)
         output = super().new_forward(module, hidden_states, *args, **kwargs)
-        if state.action is Action.FULL:
+        if action is Action.FULL:
+            state = self.state
             self.cache.staleness[state.branch] = torch.zeros(
                 hidden_states.shape[:2], dtype=torch.int32, device=hidden_states.device
             )

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from procache_opt.costs import StepCosts
+from procache_opt.schedule import Action
 
 __all__ = ["FLOPS_QUANTUM", "Chooser", "Rules", "CountTable", "State", "min_cost_by_num_full", "segment_cost_table",
            "budget_units"]
@@ -100,11 +101,11 @@ def budget_units(max_flops_ratio: float) -> int:
     return math.floor(max_flops_ratio * _UNITS + _EPS)
 
 
-def segment_cost_table(costs: StepCosts, selective: bool) -> list[list[int]]:
+def segment_cost_table(costs: StepCosts, injected: Action | None) -> list[list[int]]:
     """``table[p][n]``: quantised cost of a segment of length ``n`` starting at step ``p`` (rounded up).
 
-    The segment is one FULL step then ``n - 1`` reused steps, every second of which is SELECTIVE when
-    ``selective`` (ProCache Eq. 7; the same rule as :meth:`Schedule.inject_selective`).
+    The segment is one FULL step then ``n - 1`` reused steps, every second of which is ``injected``
+    (SELECTIVE in ProCache Eq. 7, DEEP for per-depth spaces; the rule of :meth:`Schedule.inject_selective`).
     """
     table = []
     for start in range(costs.num_steps):
@@ -112,7 +113,7 @@ def segment_cost_table(costs: StepCosts, selective: bool) -> list[list[int]]:
         for length in range(1, costs.num_steps - start + 1):
             if length > 1:
                 step, run = start + length - 1, length - 1
-                macs += costs.selective[step] if selective and run % 2 == 0 else costs.reuse[step]
+                macs += costs.of(injected, step) if injected is not None and run % 2 == 0 else costs.reuse[step]
             row.append(math.ceil(macs * _UNITS / costs.full_total - _EPS))
         table.append(row)
     return table

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from itertools import accumulate, islice
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,6 +52,13 @@ class ScheduleSpace:
     computation, so :meth:`contains` and :meth:`count` agree exactly and a member's true ratio never exceeds
     its quantised ratio (nor, hence, the budget).
 
+    Per-depth spaces (``refresh="deep"``, beyond ProCache): the Eq. 7 positions become DEEP steps, where the
+    blocks from ``depth_split`` on recompute in full and the shallow ones reuse, so the deep group follows
+    its own, denser pattern (every reuse run is split in two for it). Our measurements on ``dit-digits``
+    motivate it: late in denoising the last blocks' outputs change 2-3x more per step than the first ones'
+    (``benchmarks/results/feature_dynamics.md``), as Delta-DiT (arXiv 2406.01125) found for DiTs. The
+    members and their count are the same as with ``refresh="selective"``; only their costs differ.
+
     Example:
         >>> space = ScheduleSpace(50, num_full=25, v_min=1, v_max=1)
         >>> space.count(), str(space.sample(np.random.default_rng(0)))[:6]
@@ -73,6 +80,8 @@ class ScheduleSpace:
     selective_config: SelectiveConfig = field(default_factory=SelectiveConfig)
     min_full: int | None = None
     forecast_order: int = 0
+    refresh: Literal["selective", "deep"] = "selective"
+    depth_split: float = 0.5
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -86,6 +95,9 @@ class ScheduleSpace:
             value = getattr(self, name)
             if value is not None and not 1 <= value <= self.num_steps:
                 raise ValueError(f"{name}={value!r} is out of range; allowed: 1 <= {name} <= {self.num_steps}")
+        if self.refresh not in ("selective", "deep"):
+            raise ValueError(f"refresh={self.refresh!r}; allowed: 'selective' (ProCache Eq. 7) or 'deep' (per-depth: "
+                             "deep blocks recompute in full at the Eq. 7 positions)")
         if self.monotone not in ("decreasing", "increasing", None):
             raise ValueError(f"monotone={self.monotone!r}; allowed: 'decreasing', 'increasing' or None")
         if self.costs is not None and self.costs.num_steps != self.num_steps:
@@ -104,9 +116,16 @@ class ScheduleSpace:
         owed = self.num_full if self.num_full is not None else (self.min_full or 0)
         return Rules(self.num_steps, self.v_min + 1, self.v_max + 1, self.monotone, owed, self.num_full is not None)
 
+    @property
+    def injected(self) -> Action | None:
+        """The action at the Eq. 7 positions of each reuse run: SELECTIVE, DEEP (``refresh="deep"``) or none."""
+        if not self.selective:
+            return None
+        return Action.DEEP if self.refresh == "deep" else Action.SELECTIVE
+
     @cached_property
     def _cost_table(self) -> list[list[int]] | None:
-        return segment_cost_table(self.costs, self.selective) if self.max_flops_ratio is not None else None
+        return segment_cost_table(self.costs, self.injected) if self.max_flops_ratio is not None else None
 
     @cached_property
     def _budget(self) -> int:
@@ -151,11 +170,16 @@ class ScheduleSpace:
         problems = []
         expected = self._build(self.intervals(pattern)).pattern
         if pattern != expected:
-            rule = "selective steps injected by Eq. 7" if self.selective else "no SELECTIVE steps (selective=False)"
+            rule = (f"{self.injected.name} steps injected by Eq. 7" if self.selective
+                    else "no SELECTIVE steps (selective=False)")
             problems.append(f"the space's members have {rule}: expected {''.join(map(str, expected))}")
         elif (self.selective and isinstance(schedule_or_pattern, Schedule)
               and schedule_or_pattern.selective != self.selective_config):
             problems.append("the schedule's SelectiveConfig differs from the space's selective_config")
+        if (self.injected is Action.DEEP and isinstance(schedule_or_pattern, Schedule)
+                and schedule_or_pattern.depth_split != self.depth_split):
+            problems.append(f"the schedule's depth_split={schedule_or_pattern.depth_split}, the space's "
+                            f"{self.depth_split}")
         if isinstance(schedule_or_pattern, Schedule) and schedule_or_pattern.forecast_order != self.forecast_order:
             problems.append(f"the schedule's forecast_order={schedule_or_pattern.forecast_order}, the space's "
                             f"{self.forecast_order}")
@@ -195,8 +219,8 @@ class ScheduleSpace:
 
     def _build(self, intervals: tuple[int, ...]) -> Schedule:
         schedule = Schedule.from_intervals(intervals, selective=self.selective_config,
-                                           forecast_order=self.forecast_order)
-        return schedule.inject_selective() if self.selective else schedule
+                                           forecast_order=self.forecast_order, depth_split=self.depth_split)
+        return schedule.inject_selective(self.injected) if self.injected is not None else schedule
 
     # -- counting, sampling, enumeration ------------------------------------------------------------------
     def count(self) -> int:
@@ -289,7 +313,11 @@ class ScheduleSpace:
         if self.max_flops_ratio is not None:
             parts.append(f"a counted FLOPs ratio of at most {self.max_flops_ratio} (segment costs rounded up to "
                          f"{FLOPS_QUANTUM:g})")
-        parts.append("selective computation injected (Eq. 7)" if self.selective else "no selective computation")
+        if self.injected is Action.DEEP:
+            parts.append(f"per-depth: at the Eq. 7 positions the deep blocks (from depth_split={self.depth_split}) "
+                         "recompute in full, the shallow ones reuse")
+        else:
+            parts.append("selective computation injected (Eq. 7)" if self.selective else "no selective computation")
         if self.forecast_order:
             parts.append("reused outputs forecast to first order (TaylorSeer)")
         return "; ".join(parts) + (f". {self.count():,} feasible schedules, with "
@@ -300,7 +328,9 @@ class ScheduleSpace:
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         data["selective_config"] = self.selective_config.to_dict()
         if self.costs is not None:
-            data["costs"] = {name: list(getattr(self.costs, name)) for name in ("full", "reuse", "selective")}
+            data["costs"] = {name: list(table) for name in ("full", "reuse", "selective", "deep", "shallow")
+                             if (table := getattr(self.costs, name)) is not None}
+            data["costs"]["depth_split"] = self.costs.depth_split
         return {"format_version": FORMAT_VERSION, **data}
 
     @classmethod
@@ -311,5 +341,6 @@ class ScheduleSpace:
             raise ValueError(f"unsupported space format_version {version!r}; this procache-opt reads {FORMAT_VERSION}")
         costs = data.pop("costs", None)
         config = SelectiveConfig.from_dict(data.pop("selective_config", {}))
-        costs = None if costs is None else StepCosts(**{k: tuple(v) for k, v in costs.items()})
+        costs = None if costs is None else StepCosts(**{k: v if k == "depth_split" else tuple(v)
+                                                         for k, v in costs.items()})
         return cls(**data, costs=costs, selective_config=config)

@@ -9,6 +9,7 @@ diffusers runs on it unchanged, in about a second on a CPU. See docs/zoo.md.
 from __future__ import annotations
 
 import builtins
+import json
 from pathlib import Path
 
 import torch
@@ -49,7 +50,12 @@ def load(
     default), because fp16 matmuls on CPU are slow or missing. Pass `dtype=torch.float16` on a GPU.
     """
     kwargs = {} if dtype is None else {"torch_dtype": dtype}
-    pipe = DiTPipeline.from_pretrained(path(name), local_files_only=True, **kwargs)
+    # model_index.json stores id2label with string keys (JSON); passed as read, diffusers warns that it expects
+    # int keys. Pass them as ints, then record the file's mapping so save_pretrained writes it back unchanged.
+    id2label = json.loads((path(name) / "model_index.json").read_text())["id2label"]
+    pipe = DiTPipeline.from_pretrained(path(name), local_files_only=True,
+                                       id2label={int(k): v for k, v in id2label.items()}, **kwargs)
+    pipe.register_to_config(id2label=id2label)
     if device is not None:
         pipe = pipe.to(device)
     return pipe
