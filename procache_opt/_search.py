@@ -43,6 +43,8 @@ Monotone = Literal["auto", "decreasing", "increasing"] | None
 
 #: Objectives measured on the held-out set for the final report, beside the searched ones.
 HELDOUT_OBJECTIVES = ("feature_error", "psnr", "latency")
+#: Samples per timed call of the held-out latency (the compare harness times 2).
+HELDOUT_TIMING_SAMPLES = 4
 
 
 def default_v_max(budget: float, num_steps: int) -> int:
@@ -303,7 +305,9 @@ def _heldout_check(pipe: Any, spec: EvaluationSpec, heldout: Calibration | int, 
     calibration = heldout if isinstance(heldout, Calibration) else Calibration.default(
         pipe, num_samples=heldout, split="heldout")
     names = dict.fromkeys([*spec.objectives, *HELDOUT_OBJECTIVES], 1.0)
-    evaluator = replace(spec, calibration=calibration, objectives=names).build_evaluator(pipe)
+    # Latency on a few samples: timing all of them would cost more than the search itself on a small model.
+    evaluator = replace(spec, calibration=calibration, objectives=names).build_evaluator(
+        pipe, timing_samples=HELDOUT_TIMING_SAMPLES)
     out: dict[str, Any] = {"num_samples": len(calibration)}
     for label, schedule in {"best": best, **baselines}.items():
         scores = evaluator.evaluate(schedule)

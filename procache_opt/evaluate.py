@@ -98,12 +98,14 @@ class Evaluator:
             floating-point rounding: every sample has its own seeded generator.
         cache_dir: Folder for the on-disk reference cache (``None``: memory only).
         timing_repeats: Timed pipeline calls per run when an objective needs ``"timing"``.
+        timing_samples: Samples per timed call (``None``: the first batch); fewer keeps timing cheap.
     """
 
     def __init__(self, pipe: Any, calibration: Calibration, num_inference_steps: int = 50,
                  guidance_scale: float = 4.0, objectives: Iterable[Objective | str] = ("feature_error",),
                  costs: StepCosts | None = None, batch_size: int | None = None,
-                 cache_dir: str | Path | None = None, timing_repeats: int = 3) -> None:
+                 cache_dir: str | Path | None = None, timing_repeats: int = 3,
+                 timing_samples: int | None = None) -> None:
         if num_inference_steps < 1 or (batch_size is not None and batch_size < 1) or timing_repeats < 1:
             raise ValueError(
                 f"need num_inference_steps >= 1, batch_size >= 1 (or None) and timing_repeats >= 1; got "
@@ -118,6 +120,7 @@ class Evaluator:
         self.guidance_scale = guidance_scale
         self.batch_size = batch_size
         self.timing_repeats = timing_repeats
+        self.timing_samples = timing_samples
         self.adapter = adapter_for(pipe)
         self.adapter.validate(pipe, calibration.conditions)
         self.objectives = tuple(OBJECTIVES.create(o) if isinstance(o, str) else o for o in objectives)
@@ -231,11 +234,12 @@ class Evaluator:
                 )
 
     def _time(self) -> list[float]:
-        """Seconds of ``timing_repeats`` calls on the first batch, as a user runs it (decoding included).
+        """Seconds of ``timing_repeats`` calls on the first batch (``timing_samples`` samples if set), as a user
+        runs it (decoding included).
 
         One untimed warm-up call comes first: the first call pays for memory allocation, kernel selection
         and cache set-up, which is not the steady-state speed a schedule is chosen for.
         """
-        first = next(self.calibration.batches(self.batch_size))
+        first = next(self.calibration.batches(self.timing_samples or self.batch_size))
         seconds = [timed_call(self.pipe, self._call_kwargs(first)) for _ in range(1 + self.timing_repeats)]
         return seconds[1:]

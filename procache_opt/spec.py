@@ -54,8 +54,8 @@ class EvaluationSpec:
     def objective_set(self) -> ObjectiveSet:
         return ObjectiveSet.from_spec(dict(self.objectives), self.objective_options)
 
-    def build_evaluator(self, pipe: Any = None) -> Evaluator:
-        """Load the model (unless ``pipe`` is given) and wrap it in an evaluator."""
+    def build_evaluator(self, pipe: Any = None, **options: Any) -> Evaluator:
+        """Load the model (unless ``pipe`` is given) and wrap it in an evaluator (``options``: its other arguments)."""
         import torch
 
         from procache_opt.evaluate import Evaluator
@@ -79,4 +79,5 @@ class EvaluationSpec:
             objectives=self.objective_set().objectives,
             costs=costs,
             cache_dir=self.cache_dir,
+            **options,
         )
