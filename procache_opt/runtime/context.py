@@ -2,8 +2,8 @@
 
 Hooks never count their own calls. A hook on the transformer (:class:`StepTrackerHook`) finds the step index
 of each call from its ``timestep`` argument in the driving scheduler's ``timesteps`` (or takes it from
-``handle.at_step(i)``), looks up the schedule's action for that step, and publishes both on a
-:class:`StepState` for the duration of the call only. Branch hooks read that state.
+``handle.at_step(i)``) and publishes it on a :class:`StepState` for the duration of the call only; each branch
+hook reads its block's action for that step from the state (``StepState.action_of``).
 
 Guidance: DiT and PixArt pipelines batch the conditional and unconditional inputs into one call, so one cache
 serves both. A loop that calls the transformer twice for one step (unbatched guidance) gets a separate cache
@@ -56,17 +56,15 @@ def score_steps(actions: Sequence[Action]) -> tuple[bool, ...]:
 class StepState:
     """The step context shared by the hooks of one applied schedule.
 
-    ``action`` is set only while the transformer runs (``begin`` ... ``end``); outside a call it is ``None``
+    ``step`` is set only while the transformer runs (``begin`` ... ``end``); outside a call it is ``None``
     and branch hooks refuse to run. Caches are cleared when a generation starts (step 0, first branch), after
     each branch's last step, and on :meth:`reset`.
 
     Attributes:
         schedule: The schedule being followed.
         step: Step index of the running call, else ``None``.
-        action: The schedule's action at ``step``, else ``None``; blocks read theirs with :meth:`action_of`.
         split_layer: First block of the deep group (the number of blocks when the schedule is not per-depth).
         branch: Index of the running call among calls with the same step (0 for batched guidance).
-        score_now: Per block group (shallow, deep): whether this call computes token scores (:func:`score_steps`).
         token_grid: ``(rows, cols)`` of the running call's token grid, if known.
         forced_step: Step index set by ``handle.at_step``; overrides the timestep lookup.
         last_step: Step index of the previous call, else ``None``.
@@ -88,9 +86,7 @@ class StepState:
         """Forget every cached tensor and where the loop was (the next call must be a FULL step 0)."""
         self._clear()
         self.step: int | None = None
-        self.action: Action | None = None
         self.branch = 0
-        self.score_now = (False, False)
         self.token_grid: tuple[int, int] | None = None
         self.last_step: int | None = None
 
@@ -105,8 +101,6 @@ class StepState:
         if step == 0 and self.branch == 0:
             self._clear()
         self.step = step
-        self.action = self.schedule.actions[step]
-        self.score_now = (self._score_steps[0][step], self._score_steps[1][step])
         self.token_grid = token_grid
 
     def action_of(self, layer: int) -> Action | None:
@@ -116,8 +110,8 @@ class StepState:
         return self._group_actions[layer >= self.split_layer][self.step]
 
     def scores_now(self, layer: int) -> bool:
-        """Whether block ``layer`` computes token scores in the running call."""
-        return self.score_now[layer >= self.split_layer]
+        """Whether block ``layer`` computes token scores in the running call (see :func:`score_steps`)."""
+        return self.step is not None and self._score_steps[layer >= self.split_layer][self.step]
 
     def end(self) -> None:
         """Leave the transformer call; after a branch's last step its caches are no longer needed."""
@@ -125,7 +119,6 @@ class StepState:
             self._clear(self.branch)
         self.last_step = self.step
         self.step = None
-        self.action = None
 
     def _clear(self, branch: int | None = None) -> None:
         for caches in self._caches:
