@@ -11,10 +11,12 @@ The function wires the pieces together and owns no algorithm of its own:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ from procache_opt.baselines import best_fora_within
 from procache_opt.calibration import Calibration
 from procache_opt.dynamics import ForecastChoice, choose_forecast_order, probe_reuse_sensitivity
 from procache_opt.engine import SearchLoop
+from procache_opt.evaluate import Scores
 from procache_opt.fingerprint import model_signature
 from procache_opt.models import IN_PROCESS, load_pipeline, worker_model_spec
 from procache_opt.objective import OBJECTIVES
@@ -147,6 +150,7 @@ def search(
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     if forecast != "auto" and forecast not in FORECAST_ORDERS:
         raise ValueError(f"forecast={forecast!r}; use 'auto' or a forecast order in {FORECAST_ORDERS}")
+    watch = _Stopwatch()
     pipe = load_pipeline(model, device=device, dtype=dtype)
     selective_cfg = SelectiveConfig() if selective is True else (selective or None)
     if per_depth and selective_cfg is None:
@@ -166,8 +170,11 @@ def search(
         dtype=str(dtype).removeprefix("torch.") if dtype is not None else None,
     )
     evaluator = spec.build_evaluator(pipe)
+    # Runs made before the loop (the forecast choice) are trials too: memoised, none is evaluated twice.
+    evaluate = functools.cache(evaluator.evaluate)
     costs = evaluator.costs
     summary: list[str] = []
+    watch.lap("setup")
 
     measured: dict[str, Any] = {}
     if monotone == "auto":
@@ -177,14 +184,16 @@ def search(
         monotone = probe.direction
         measured["probe"] = probe.to_dict()
         summary.append(f"probe: {probe.summary()}")
+        watch.lap("probe")
     injected = Action.DEEP if per_depth else Action.SELECTIVE
     fora_plain = best_fora_within(costs, budget_flops, selective=selective_cfg is not None, injected=injected,
                                   depth_split=depth_split)
     if forecast == "auto":
-        choice = _choose_forecast(evaluator, spec, fora_plain)
+        choice = _choose_forecast(evaluate, spec, fora_plain)
         forecast = choice.order
         measured["forecast"] = choice.to_dict()
         summary.append(f"forecast: {choice.summary()}")
+        watch.lap("forecast")
     space = ScheduleSpace(
         num_inference_steps,
         max_flops_ratio=budget_flops,
@@ -232,23 +241,27 @@ def search(
     if history:
         summary.append(f"resumed: {len(history)} stored trials are replayed, not re-evaluated")
 
-    runner = _make_backend(backend, spec, evaluator, backend_options)
+    runner = _make_backend(backend, spec, evaluate, backend_options)
     bar = _progress_bar(n_trials, progress)
     try:
         loop = SearchLoop(proposer, runner, spec.objective_set(), costs, n_trials, store=store,
                           history=tuple(history), on_result=bar.update_with if bar else None)
         trials = loop.run()
+        if bar:
+            bar.complete()
     finally:
         runner.close()
         if bar:
             bar.close()
 
-    result = SearchResult(trials, config=config, summary_lines=summary)
+    watch.lap("trials")
+    result = SearchResult(trials, config=config, summary_lines=summary, seconds=watch.seconds)
     result.best_trial  # noqa: B018 - raises a clear error when nothing completed within the budget
     if heldout is not None:
         baselines = {"fora_baseline": fora_plain} | ({"uniform_baseline": baseline} if baseline != fora_plain else {})
-        result.heldout = _heldout_check(pipe, spec, heldout, result.best, baselines)
+        result.heldout, result.heldout_images = _heldout_check(pipe, spec, heldout, result.best, baselines)
         summary.append(_heldout_line(result.heldout))
+        watch.lap("heldout")
     result.heldout.update(measured)
     logger.info("%s", result.summary())
     return result
@@ -262,14 +275,14 @@ def _objective_weights(objective: str | Sequence[str] | Mapping[str, float]) -> 
     return dict.fromkeys(objective, 1.0)
 
 
-def _make_backend(backend: str | Backend, spec: EvaluationSpec, evaluator: Any,
+def _make_backend(backend: str | Backend, spec: EvaluationSpec, evaluate: Callable[[Schedule], Scores],
                   options: Mapping[str, Any] | None) -> Backend:
     if isinstance(backend, Backend):
         return backend
     if backend == "local":
         if options:
             raise TypeError(f"backend='local' takes no backend_options, got {sorted(options)}")
-        return LocalBackend(evaluator.evaluate)
+        return LocalBackend(evaluate)
     if backend == "ray":
         if spec.model == IN_PROCESS:
             raise ValueError(
@@ -282,13 +295,14 @@ def _make_backend(backend: str | Backend, spec: EvaluationSpec, evaluator: Any,
     raise ValueError(f"unknown backend {backend!r}; use 'local', 'ray' or a procache_opt.backends.Backend")
 
 
-def _choose_forecast(evaluator: Any, spec: EvaluationSpec, schedule: Schedule) -> ForecastChoice:
+def _choose_forecast(evaluate: Callable[[Schedule], Scores], spec: EvaluationSpec,
+                     schedule: Schedule) -> ForecastChoice:
     """Run ``schedule`` reusing as cached and forecasting, on the calibration set; keep the lower search loss."""
     objectives = spec.objective_set()
 
     def loss_of(candidate: Schedule) -> float:
         try:
-            return objectives.scalarize(evaluator.evaluate(candidate))
+            return objectives.scalarize(evaluate(candidate))
         except FloatingPointError:  # NonFiniteOutputError: this way of reusing diverges on this model
             return math.inf
 
@@ -296,8 +310,11 @@ def _choose_forecast(evaluator: Any, spec: EvaluationSpec, schedule: Schedule) -
 
 
 def _heldout_check(pipe: Any, spec: EvaluationSpec, heldout: Calibration | int, best: Schedule,
-                   baselines: Mapping[str, Schedule]) -> dict[str, Any]:
+                   baselines: Mapping[str, Schedule]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Score the best schedule and the baselines on samples the search never saw.
+
+    Returns the scores (``SearchResult.heldout``) and the decoded images of the full computation and the best
+    schedule (``SearchResult.heldout_images``, which the before/after picture shows).
 
     ``fora_baseline`` is FORA as published (outputs reused as cached); ``uniform_baseline``, when the search
     forecasts, is the same steps with the search's forecast: the gap between them is the forecast's, the gap
@@ -310,14 +327,16 @@ def _heldout_check(pipe: Any, spec: EvaluationSpec, heldout: Calibration | int, 
     evaluator = replace(spec, calibration=calibration, objectives=names).build_evaluator(
         pipe, timing_samples=HELDOUT_TIMING_SAMPLES, timing_repeats=HELDOUT_TIMING_REPEATS)
     out: dict[str, Any] = {"num_samples": len(calibration)}
+    images = {"full": evaluator.reference().images}
     for label, schedule in {"best": best, **baselines}.items():
-        scores = evaluator.evaluate(schedule)
+        run = evaluator.run(schedule)
+        images.setdefault(label, run.images)
         out[label] = {
             "pattern": str(schedule),
             "flops_ratio": evaluator.costs.ratio(schedule),
-            "scores": {name: s.to_dict() for name, s in scores.items()},
+            "scores": {name: s.to_dict() for name, s in evaluator.score(run).items()},
         }
-    return out
+    return out, {name: images[name] for name in ("full", "best")}
 
 
 def _heldout_line(heldout: Mapping[str, Any]) -> str:
@@ -329,6 +348,19 @@ def _heldout_line(heldout: Mapping[str, Any]) -> str:
                   if key in heldout and name in heldout[key]["scores"]]
         parts.append(f"{name}: best {best[name]['mean']:.4g} vs " + ", ".join(others))
     return f"held-out ({heldout['num_samples']} samples): " + "; ".join(parts)
+
+
+class _Stopwatch:
+    """Seconds per phase: each :meth:`lap` charges the time since the previous one to ``phase``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 class _Bar:
@@ -345,6 +377,12 @@ class _Bar:
             self._best = min(self._best, result.value)
         self._bar.set_postfix(best=f"{self._best:.4g}", refresh=False)
         self._bar.update(1)
+
+    def complete(self) -> None:
+        """The loop ended normally: a strategy that stopped before ``n_trials`` (constrained_sampling evaluates
+        its K candidates) leaves a full bar, not one stuck at 6/30."""
+        self._bar.total = self._bar.n
+        self._bar.refresh()
 
     def close(self) -> None:
         self._bar.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 
 from procache_opt._capture import capture, check_feature_names
 from procache_opt._reference_cache import ReferenceCache
+from procache_opt._replay import recording, replayable_calls, replaying
 from procache_opt._timing import timed_call
 from procache_opt.calibration import Calibration
 from procache_opt.costs import StepCosts
@@ -65,9 +67,12 @@ class EvaluatedRun(RunOutputs):
             (``"attention"``: its query projection ran) and feed-forward (``"feed_forward"``: its first layer
             ran, on all tokens or, on SELECTIVE steps, on the refreshed ones) were computed rather than reused.
             Full computation runs ``num_inference_steps * num_blocks`` of each.
+        tapes: For the full-computation reference only, the transformer's outputs of each batch's pipeline call
+            in call order, which :mod:`procache_opt._replay` hands back to schedules that begin the same way.
     """
 
     block_evaluations: dict[str, int] = field(default_factory=dict)
+    tapes: list[list[Any]] = field(default_factory=list, repr=False)
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Named tensors and string metadata, as the reference cache stores them (timings are not kept)."""
@@ -99,13 +104,15 @@ class Evaluator:
         cache_dir: Folder for the on-disk reference cache (``None``: memory only).
         timing_repeats: Timed pipeline calls per run when an objective needs ``"timing"``.
         timing_samples: Samples per timed call (``None``: the first batch); fewer keeps timing cheap.
+        replay: Keep the reference's transformer outputs and replay them for the leading FULL steps of a
+            schedule instead of recomputing them (:mod:`procache_opt._replay`; the results are identical).
     """
 
     def __init__(self, pipe: Any, calibration: Calibration, num_inference_steps: int = 50,
                  guidance_scale: float = 4.0, objectives: Iterable[Objective | str] = ("feature_error",),
                  costs: StepCosts | None = None, batch_size: int | None = None,
                  cache_dir: str | Path | None = None, timing_repeats: int = 3,
-                 timing_samples: int | None = None) -> None:
+                 timing_samples: int | None = None, replay: bool = True) -> None:
         if num_inference_steps < 1 or (batch_size is not None and batch_size < 1) or timing_repeats < 1:
             raise ValueError(
                 f"need num_inference_steps >= 1, batch_size >= 1 (or None) and timing_repeats >= 1; got "
@@ -121,6 +128,8 @@ class Evaluator:
         self.batch_size = batch_size
         self.timing_repeats = timing_repeats
         self.timing_samples = timing_samples
+        self.replay = replay
+        self._warm = False
         self.adapter = adapter_for(pipe)
         self.adapter.validate(pipe, calibration.conditions)
         self.objectives = tuple(OBJECTIVES.create(o) if isinstance(o, str) else o for o in objectives)
@@ -146,7 +155,7 @@ class Evaluator:
         if self._reference is None:
             self._reference = self._load_reference()
         if self._reference is None:
-            self._reference = self._generate("the full-computation reference")
+            self._reference = self._generate("the full-computation reference", record=self.replay)
             if self._cache is not None:
                 self._cache.save(*self._reference.to_tensors())
         if "timing" in self.needs and not self._reference.seconds:
@@ -157,7 +166,7 @@ class Evaluator:
         """Run the calibration set with ``schedule`` applied; collect what the objectives need."""
         schedule.check_compatible(num_steps=self.num_inference_steps)
         with apply(self.pipe, schedule):
-            run = self._generate(f"schedule {schedule}")
+            run = self._generate(f"schedule {schedule}", replay_for=schedule)
             if "timing" in self.needs:
                 run.seconds = self._time()
         run.flops_ratio = self.costs.ratio(schedule)
@@ -196,13 +205,25 @@ class Evaluator:
             "output_type": "pt",
         }
 
-    def _generate(self, what: str) -> EvaluatedRun:
+    def _generate(self, what: str, *, record: bool = False, replay_for: Schedule | None = None) -> EvaluatedRun:
+        """Run every batch; ``record`` keeps the tapes (reference), ``replay_for`` replays the schedule's prefix.
+
+        Replay uses the reference only if it is already computed: generating it here would run it hooked.
+        """
         decode = "images" in self.needs
-        latents, images, calls = [], [], Counter()
+        latents, images, calls, tapes = [], [], Counter(), []
         features: dict[str, list[torch.Tensor]] = {name: [] for name in self.features}
         batches = list(self.calibration.batches(self.batch_size))
-        for batch in batches:
-            with capture(self.pipe, len(batch), decode=decode, features=self.features) as captured:
+        reference = self._reference if replay_for is not None else None
+        for index, batch in enumerate(batches):
+            tape = reference.tapes[index] if reference is not None and reference.tapes else []
+            replayed = replayable_calls(replay_for, len(tape)) if tape else 0
+            with ExitStack() as stack:
+                captured = stack.enter_context(capture(self.pipe, len(batch), decode=decode, features=self.features))
+                if record:
+                    tapes.append(stack.enter_context(recording(self.pipe.transformer)))
+                if replayed:
+                    stack.enter_context(replaying(self.pipe.transformer, tape, replayed))
                 output = self.pipe(**self._call_kwargs(batch))
             latents.append(captured.latents.float())
             if decode:
@@ -210,11 +231,15 @@ class Evaluator:
             for name, tensor in captured.features.items():
                 features[name].append(tensor.float())
             calls.update(captured.branch_calls)
+            if replayed:  # a replayed call is a FULL step of the reference: count its blocks as computed
+                per_call = {name: count // len(tape) for name, count in reference.block_evaluations.items()}
+                calls.update({name: count * replayed for name, count in per_call.items()})
         run = EvaluatedRun(
             latents=torch.cat(latents),
             images=torch.cat(images) if decode else None,
             features={name: torch.cat(parts) for name, parts in features.items()},
             block_evaluations={name: count // len(batches) for name, count in calls.items()},
+            tapes=tapes,
         )
         self._check_finite(run, what)
         return run
@@ -237,9 +262,11 @@ class Evaluator:
         """Seconds of ``timing_repeats`` calls on the first batch (``timing_samples`` samples if set), as a user
         runs it (decoding included).
 
-        One untimed warm-up call comes first: the first call pays for memory allocation, kernel selection
-        and cache set-up, which is not the steady-state speed a schedule is chosen for.
+        The evaluator's first timing starts with one untimed warm-up call: the first call at a shape pays for
+        memory allocation, kernel selection and cache set-up, which is not the steady-state speed a schedule
+        is chosen for. Later timings run the same shapes and skip it.
         """
         first = next(self.calibration.batches(self.timing_samples or self.batch_size))
-        seconds = [timed_call(self.pipe, self._call_kwargs(first)) for _ in range(1 + self.timing_repeats)]
-        return seconds[1:]
+        warmup, self._warm = (0 if self._warm else 1), True
+        seconds = [timed_call(self.pipe, self._call_kwargs(first)) for _ in range(warmup + self.timing_repeats)]
+        return seconds[warmup:]

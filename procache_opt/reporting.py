@@ -52,7 +52,13 @@ def write_search_outputs(result: SearchResult, model: Any, out: Path) -> str:
 
 
 def before_after(model: Any, result: SearchResult, path: Path, num_samples: int = 8) -> Path:
-    """Full computation (top row) against the best schedule (bottom row) on the same noise and conditions."""
+    """Full computation (top row) against the best schedule (bottom row) on the same noise and conditions.
+
+    The held-out check's images are shown when the search kept them (``result.heldout_images``); otherwise
+    (a loaded result, or no held-out check) both rows are generated on held-out samples.
+    """
+    if result.heldout_images:
+        return _save_rows([result.heldout_images[k][:num_samples] for k in ("full", "best")], path)
     from procache_opt.calibration import Calibration
     from procache_opt.models import load_pipeline, worker_model_spec
     from procache_opt.spec import EvaluationSpec

@@ -56,12 +56,18 @@ class SearchResult:
         heldout: Scores on the held-out calibration set of the schedules in :data:`HELDOUT_SCHEDULES` (each
             with its pattern and FLOPs ratio), plus what the search measured to set itself up (``"probe"``:
             the interval-order probe, ``"forecast"``: the forecast-order choice).
+        seconds: Wall-clock seconds of each phase of the search (``"setup"``: model, costs and evaluator;
+            ``"probe"``, ``"forecast"``: the choices made before searching; ``"trials"``; ``"heldout"``).
+        heldout_images: The held-out check's decoded images of the full computation (``"full"``) and of the best
+            schedule (``"best"``), in memory only (never saved): ``before_after.png`` is drawn from them.
     """
 
     trials: list[TrialResult]
     config: dict[str, Any] = field(default_factory=dict)
     summary_lines: list[str] = field(default_factory=list)
     heldout: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    heldout_images: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def completed(self) -> list[TrialResult]:
@@ -133,6 +139,9 @@ class SearchResult:
             lines.append(f"transformer block evaluations per trial, share of full computation: mean {mean}"
                          + (" (best: " + ", ".join(f"{k} {v:.1%}" for k, v in of_best.items()) + ")"
                             if of_best else ""))
+        if self.seconds:
+            lines.append(f"time: {sum(self.seconds.values()):.0f} s ("
+                         + ", ".join(f"{phase} {s:.1f} s" for phase, s in self.seconds.items()) + ")")
         return "\n".join(lines)
 
     # -- persistence ---------------------------------------------------------------------------------------
@@ -141,6 +150,7 @@ class SearchResult:
             "config": self.config,
             "summary_lines": self.summary_lines,
             "heldout": self.heldout,
+            "seconds": self.seconds,
             "trials": [t.to_dict() for t in self.trials],
         }
 
@@ -155,6 +165,7 @@ class SearchResult:
             config=data.get("config", {}),
             summary_lines=list(data.get("summary_lines", [])),
             heldout=dict(data.get("heldout", {})),
+            seconds=dict(data.get("seconds", {})),
         )
 
     def plot(self, path: str | os.PathLike[str] | None = None) -> Any:

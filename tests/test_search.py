@@ -3,11 +3,13 @@
 import json
 
 import pytest
+from PIL import Image
 
 import procache_opt
 from procache_opt.baselines import best_fora_within
 from procache_opt.cli import main
 from procache_opt.evaluate import Evaluator
+from procache_opt.reporting import before_after
 from procache_opt.result import block_share
 from procache_opt.testing import tiny_dit_pipeline
 
@@ -30,6 +32,9 @@ def test_search_returns_a_schedule_within_budget_that_runs():
         assert share["attention"] <= share["feed_forward"] <= (10 - trial.schedule.pattern.count(0)) / 10
     assert "transformer block evaluations per trial" in result.summary()
     assert "block_share.attention" in result.to_records()[0]
+    # seconds by phase, in the order they ran (no probe with monotone=None, no held-out check with heldout=None)
+    assert list(result.seconds) == ["setup", "forecast", "trials"] and min(result.seconds.values()) > 0
+    assert f"time: {sum(result.seconds.values()):.0f} s (setup" in result.summary()
     with procache_opt.apply(pipe, best):
         images = pipe(class_labels=[1], num_inference_steps=10, output_type="np").images
     assert images.shape[0] == 1
@@ -39,7 +44,7 @@ def result_calibration(result):
     return procache_opt.Calibration.from_dict(result.config["calibration"])
 
 
-def test_probe_chooses_a_direction_and_heldout_compares_with_fora():
+def test_probe_chooses_a_direction_and_heldout_compares_with_fora(tmp_path):
     result = procache_opt.search(tiny_dit_pipeline(seed=1), budget_flops=0.5, strategy="constrained_sampling",
                                  n_trials=4, num_inference_steps=10, calibration=2, heldout=2, progress=False)
     probe = result.heldout["probe"]
@@ -56,6 +61,12 @@ def test_probe_chooses_a_direction_and_heldout_compares_with_fora():
     assert {t.schedule.forecast_order for t in result.trials} == {choice["order"]}
     assert result.heldout["fora_baseline"]["pattern"] == choice["pattern"]
     assert ("uniform_baseline" in result.heldout) == (choice["order"] == 1)
+    assert list(result.seconds) == ["setup", "probe", "forecast", "trials", "heldout"]
+    # the before/after picture is drawn from the held-out images (model=None: nothing is generated again)
+    full, best = result.heldout_images["full"], result.heldout_images["best"]
+    assert full.shape == best.shape and full.shape[0] == 2 and not full.equal(best)
+    picture = before_after(None, result, tmp_path / "before_after.png")
+    assert Image.open(picture).size == (2 * (full.shape[-1] + 2) + 2, 2 * (full.shape[-2] + 2) + 2)
 
 
 def test_forecast_can_be_fixed_and_bad_values_are_refused():
@@ -85,6 +96,30 @@ def test_resume_replays_and_evaluates_only_new_schedules(tmp_path, monkeypatch):
     assert not set(calls) & {t.schedule.pattern for t in first.trials}
     with pytest.raises(ValueError, match="different search"):
         procache_opt.search(tiny_dit_pipeline(seed=0), n_trials=5, **{**kwargs, "budget_flops": 0.4})
+
+
+def test_no_schedule_is_evaluated_twice(monkeypatch):
+    calls = []
+    original = Evaluator.evaluate
+
+    def counting(self, schedule):
+        calls.append(schedule)
+        return original(self, schedule)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=3,
+                                 monotone=None, forecast="auto", **FAST)
+    # the forecast choice runs the FORA start point both ways; the chosen one is trial 0 and is not run again
+    assert len(calls) == len(set(calls)) == 2 + 3 - 1
+    assert result.trials[0].schedule in calls[:2]
+
+
+def test_progress_bar_ends_full_when_the_strategy_stops_early(capsys):
+    fast = {**FAST, "progress": True}
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="constrained_sampling",
+                                 n_trials=30, monotone=None, forecast=0, **fast)
+    n = len(result.trials)
+    assert n < 30 and f"{n}/{n}" in capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on(monkeypatch):

@@ -72,10 +72,12 @@ def test_pareto_front_keeps_only_non_dominated():
 
 def test_result_best_respects_budget_and_round_trips(tmp_path):
     trials = [_trial(0, [1, 1, 1], 0.0, 1.0), _trial(1, [1, 0, 1], 0.2, 0.6), _trial(2, [1, 0, 0], 0.5, 0.3)]
-    result = SearchResult(trials, config={"budget_flops": 0.6})
+    result = SearchResult(trials, config={"budget_flops": 0.6}, seconds={"setup": 1.5, "trials": 2.0},
+                          heldout_images={"full": "not saved"})
     assert result.best.pattern == (1, 0, 1) and result.best.metadata["trial_id"] == 1
     back = SearchResult.load(result.save(tmp_path / "r.json"))
     assert back.trials == trials and back.best == result.best
+    assert back.seconds == result.seconds and back.heldout_images == {}
     failed = SearchResult([_trial(0, [1, 0, 0], None, 0.3, TrialStatus.FAILED)], config={"budget_flops": 0.5})
     with pytest.raises(RuntimeError, match="no trial completed"):
         _ = failed.best_trial
