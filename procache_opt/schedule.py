@@ -39,7 +39,8 @@ from typing import Any
 
 from procache_opt._io import atomic_write_text
 
-__all__ = ["Action", "Schedule", "SelectiveConfig", "ScheduleMismatchError", "FORMAT_VERSION", "FORECAST_ORDERS"]
+__all__ = ["Action", "Schedule", "SelectiveConfig", "ScheduleMismatchError", "FORMAT_VERSION", "FORECAST_ORDERS",
+           "split_layer"]
 
 FORMAT_VERSION = 1
 FORECAST_ORDERS = (0, 1)
@@ -162,6 +163,13 @@ class SelectiveConfig:
         return cls(**data)
 
 
+def split_layer(depth_split: float, num_layers: int) -> int:
+    """Index of the first deep block: ``round(depth_split * num_layers)``, kept within ``[1, num_layers - 1]``."""
+    if num_layers < 2:
+        raise ValueError(f"a per-depth schedule needs at least 2 blocks, the model has {num_layers}")
+    return min(max(round(depth_split * num_layers), 1), num_layers - 1)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """An immutable caching schedule: one :class:`Action` per denoising step.
@@ -263,10 +271,8 @@ class Schedule:
         return any(a in (Action.DEEP, Action.SHALLOW) for a in self.actions)
 
     def split_layer(self, num_layers: int) -> int:
-        """Index of the first deep block: ``round(depth_split * num_layers)``, kept within ``[1, num_layers - 1]``."""
-        if num_layers < 2:
-            raise ValueError(f"a per-depth schedule needs at least 2 blocks, the model has {num_layers}")
-        return min(max(round(self.depth_split * num_layers), 1), num_layers - 1)
+        """Index of the first deep block of this schedule's per-depth steps (see :func:`split_layer`)."""
+        return split_layer(self.depth_split, num_layers)
 
     def group_actions(self, deep: bool) -> tuple[Action, ...]:
         """The pattern one block group follows: FULL, REUSE or SELECTIVE at each step."""

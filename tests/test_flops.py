@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from procache_opt import Action, Schedule, ScheduleMismatchError, SelectiveConfig
 from procache_opt.flops import MODULE_KINDS, PRESETS, ModelSpec, count_flops, step_costs
 from procache_opt.runtime import apply
+from procache_opt.testing import tiny_dit_transformer
 
 TEXT_LENGTH = 5
 # A small spec for action-level checks: 8 blocks of width 16 over 64 tokens.
@@ -187,6 +188,13 @@ def test_per_depth_steps_cost_their_block_group_as_measured(tiny_dit, action):
     assert costs.deep[1] + costs.shallow[1] - costs.reuse[1] == costs.full[1]
     with pytest.raises(ValueError, match="counted for 0.5"):
         costs.ratio(Schedule.from_pattern([1, int(action)], depth_split=0.25))
+
+
+def test_a_one_block_model_is_counted_without_depth_groups():
+    costs = step_costs(tiny_dit_transformer(num_layers=1), 4)
+    assert costs.deep is None and costs.shallow is None and costs.ratio(Schedule.from_intervals([2, 2])) < 1
+    with pytest.raises(ValueError, match="no DEEP entries"):
+        costs.of(Action.DEEP, 1)
 
 
 def test_guidance_and_batch_scale_every_step():

@@ -13,7 +13,7 @@ from typing import Any
 
 from procache_opt.costs import StepCosts
 from procache_opt.flops._spec import FF_IN_FACTOR, ModelSpec, resolve_spec
-from procache_opt.schedule import Action, Schedule, SelectiveConfig
+from procache_opt.schedule import Action, SelectiveConfig, split_layer
 
 __all__ = ["ACTIONS", "MODULE_KINDS", "costs_from_tables", "forward_batch", "forward_macs", "step_costs", "step_tables"]
 
@@ -103,7 +103,8 @@ def step_tables(
     REUSE keeps the work of :data:`_ALWAYS` (embeddings, modulation, norms, gated adds, output layer) and
     drops attention, cross-attention and feed-forward; SELECTIVE is REUSE plus :func:`_selective_extra`;
     DEEP and SHALLOW are REUSE plus the attention, cross-attention and feed-forward of their block group
-    (blocks are identical, so a group of ``k`` blocks costs ``k / num_layers`` of them).
+    (blocks are identical, so a group of ``k`` blocks costs ``k / num_layers`` of them); a one-block model has
+    neither.
     """
     if num_steps < 1:
         raise ValueError(f"num_inference_steps={num_steps!r} is out of range; allowed: >= 1")
@@ -115,7 +116,9 @@ def step_tables(
         for t in range(num_steps)
     ]
     layers = spec.num_layers
-    split = Schedule.from_pattern([1], depth_split=depth_split).split_layer(layers)
+    if layers < 2:  # one block forms no depth groups: no DEEP or SHALLOW steps to count
+        return tables
+    split = split_layer(depth_split, layers)
     for action, group in ((Action.SHALLOW, split), (Action.DEEP, layers - split)):
         row = {**reuse, **{k: full[k] // layers * group for k in _BLOCK_KINDS}}
         tables[action] = [row] * num_steps
@@ -156,7 +159,8 @@ def step_costs(
 
 def costs_from_tables(tables: Mapping[Action, list[dict[str, int]]], depth_split: float = 0.5) -> StepCosts:
     """Sum :func:`step_tables` over module kinds: the one place per-kind counts become per-step costs."""
-    full, reuse, selective, deep, shallow = (tuple(sum(row.values()) for row in tables[a]) for a in ACTIONS)
+    full, reuse, selective, deep, shallow = (tuple(sum(row.values()) for row in tables[a]) if a in tables else None
+                                             for a in ACTIONS)
     return StepCosts(full=full, reuse=reuse, selective=selective, deep=deep, shallow=shallow, depth_split=depth_split)
 
 
