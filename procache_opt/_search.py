@@ -186,8 +186,9 @@ def search(
         summary.append(f"probe: {probe.summary()}")
         watch.lap("probe")
     injected = Action.DEEP if per_depth else Action.SELECTIVE
-    fora_plain = best_fora_within(costs, budget_flops, selective=selective_cfg is not None, injected=injected,
-                                  depth_split=depth_split)
+    # FORA's steps with the search's selective settings: the ones the FLOPs were counted for.
+    fora_plain = replace(best_fora_within(costs, budget_flops, selective=selective_cfg is not None, injected=injected,
+                                          depth_split=depth_split), selective=spec.selective)
     if forecast == "auto":
         choice = _choose_forecast(evaluate, spec, fora_plain)
         forecast = choice.order
@@ -218,7 +219,7 @@ def search(
         goals = spec.objective_set().directions() | {"flops_ratio": "minimize"}
         strategy_kwargs = {**strategy_kwargs, "objectives": list(goals), "directions": list(goals.values())}
     inner = STRATEGIES.create(strategy, space, seed=seed, **strategy_kwargs) if isinstance(strategy, str) else strategy
-    baseline = replace(fora_plain, forecast_order=forecast, selective=space.selective_config)
+    baseline = replace(fora_plain, forecast_order=forecast)
     proposer = Enqueued(inner, [baseline]) if include_baseline else inner
 
     model_class, fingerprint = model_signature(pipe.transformer)

@@ -114,6 +114,23 @@ def test_no_schedule_is_evaluated_twice(monkeypatch):
     assert result.trials[0].schedule in calls[:2]
 
 
+def test_every_run_uses_the_searchs_selective_config(monkeypatch):
+    seen = []
+    original = Evaluator.run
+
+    def recording(self, schedule):
+        seen.append(schedule.selective)
+        return original(self, schedule)
+
+    monkeypatch.setattr(Evaluator, "run", recording)
+    config = procache_opt.SelectiveConfig(fresh_ratio=0.2)
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=2,
+                                 selective=config, monotone=None, **{**FAST, "heldout": 2})
+    # the forecast choice, the trials and the held-out baselines all run what the FLOPs were counted for
+    assert len(seen) >= 2 + 1 + 3 and set(seen) == {config}
+    assert result.best.selective == config
+
+
 def test_progress_bar_ends_full_when_the_strategy_stops_early(capsys):
     fast = {**FAST, "progress": True}
     result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="constrained_sampling",
