@@ -77,15 +77,21 @@ def test_forecast_can_be_fixed_and_bad_values_are_refused():
         procache_opt.search(tiny_dit_pipeline(seed=0), forecast=2, **FAST)
 
 
-def test_resume_replays_and_evaluates_only_new_schedules(tmp_path, monkeypatch):
-    calls = []
-    original = Evaluator.evaluate
+def _schedules_passed_to(monkeypatch, method: str) -> list:
+    """Every schedule given to ``Evaluator.<method>`` from now on, in call order."""
+    seen = []
+    original = getattr(Evaluator, method)
 
-    def counting(self, schedule):
-        calls.append(schedule.pattern)
+    def spy(self, schedule):
+        seen.append(schedule)
         return original(self, schedule)
 
-    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    monkeypatch.setattr(Evaluator, method, spy)
+    return seen
+
+
+def test_resume_replays_and_evaluates_only_new_schedules(tmp_path, monkeypatch):
+    calls = _schedules_passed_to(monkeypatch, "evaluate")
     kwargs = dict(budget_flops=0.5, strategy="random", monotone=None, forecast=0, storage=str(tmp_path / "s"), **FAST)
     first = procache_opt.search(tiny_dit_pipeline(seed=0), n_trials=3, **kwargs)
     assert len(calls) == 3
@@ -93,20 +99,13 @@ def test_resume_replays_and_evaluates_only_new_schedules(tmp_path, monkeypatch):
     second = procache_opt.search(tiny_dit_pipeline(seed=0), n_trials=5, **kwargs)
     assert len(calls) == 2 and len(second.trials) == 5
     assert second.trials[:3] == first.trials
-    assert not set(calls) & {t.schedule.pattern for t in first.trials}
+    assert not {s.pattern for s in calls} & {t.schedule.pattern for t in first.trials}
     with pytest.raises(ValueError, match="different search"):
         procache_opt.search(tiny_dit_pipeline(seed=0), n_trials=5, **{**kwargs, "budget_flops": 0.4})
 
 
 def test_no_schedule_is_evaluated_twice(monkeypatch):
-    calls = []
-    original = Evaluator.evaluate
-
-    def counting(self, schedule):
-        calls.append(schedule)
-        return original(self, schedule)
-
-    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    calls = _schedules_passed_to(monkeypatch, "evaluate")
     result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=3,
                                  monotone=None, forecast="auto", **FAST)
     # the forecast choice runs the FORA start point both ways; the chosen one is trial 0 and is not run again
@@ -115,19 +114,12 @@ def test_no_schedule_is_evaluated_twice(monkeypatch):
 
 
 def test_every_run_uses_the_searchs_selective_config(monkeypatch):
-    seen = []
-    original = Evaluator.run
-
-    def recording(self, schedule):
-        seen.append(schedule.selective)
-        return original(self, schedule)
-
-    monkeypatch.setattr(Evaluator, "run", recording)
+    runs = _schedules_passed_to(monkeypatch, "run")
     config = procache_opt.SelectiveConfig(fresh_ratio=0.2)
     result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=2,
                                  selective=config, monotone=None, **{**FAST, "heldout": 2})
     # the forecast choice, the trials and the held-out baselines all run what the FLOPs were counted for
-    assert len(seen) >= 2 + 1 + 3 and set(seen) == {config}
+    assert len(runs) >= 2 + 1 + 3 and {s.selective for s in runs} == {config}
     assert result.best.selective == config
 
 
