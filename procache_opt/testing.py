@@ -15,6 +15,9 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any
+
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -28,6 +31,7 @@ from diffusers import (
 
 __all__ = [
     "TINY_CAPTION_CHANNELS",
+    "guided_ddim_loop",
     "TINY_PROMPT_LENGTH",
     "tiny_dit_pipeline",
     "tiny_dit_transformer",
@@ -155,3 +159,28 @@ def tiny_prompt_embeds(batch: int = 1, seed: int = 0) -> dict[str, torch.Tensor 
         "negative_prompt_attention_mask": mask.clone(),
         "negative_prompt": None,
     }
+
+
+def guided_ddim_loop(model: torch.nn.Module, scheduler: DDIMScheduler, *, unbatched: bool,
+                     handle: Any = None) -> torch.Tensor:
+    """A hand-written DDIM loop with classifier-free guidance (scale 4) for a tiny DiT: the custom loops users
+    write around a bare transformer.
+
+    Args:
+        model: A tiny DiT transformer (16 x 16 latents).
+        scheduler: A DDIM scheduler with its timesteps set.
+        unbatched: Call the transformer once per guidance branch (two calls per step) instead of once.
+        handle: If given, each step runs inside ``handle.at_step(i)`` instead of being found from the timestep.
+    """
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3, 1000])
+    for step, t in enumerate(scheduler.timesteps):
+        with handle.at_step(step) if handle is not None else nullcontext():
+            if unbatched:
+                cond, uncond = (model(latents, timestep=t[None], class_labels=label[None]).sample for label in labels)
+            else:
+                both = model(torch.cat([latents] * 2), timestep=t[None].expand(2), class_labels=labels).sample
+                cond, uncond = both.chunk(2)
+        eps = uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4])
+        latents = scheduler.step(eps, t, latents).prev_sample
+    return latents

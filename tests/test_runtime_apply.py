@@ -13,7 +13,7 @@ from torch import nn
 from procache_opt import Schedule, ScheduleMismatchError, SelectiveConfig
 from procache_opt.fingerprint import config_fingerprint, model_signature
 from procache_opt.runtime import MissingStepContextError, UnsupportedModelError, apply
-from procache_opt.testing import tiny_dit_transformer
+from procache_opt.testing import guided_ddim_loop, tiny_dit_transformer
 
 STEPS = 8
 CACHED = Schedule.from_pattern([1, 0, 2, 0, 1, 0, 2, 1])
@@ -134,31 +134,17 @@ def test_timestep_not_in_the_scheduler_is_explained(tiny_dit_transformer: nn.Mod
         tiny_dit_transformer(latents, timestep=torch.tensor([3]), class_labels=torch.tensor([1]))
 
 
-def _custom_loop(model: nn.Module, scheduler: DDIMScheduler, *, unbatched: bool, handle=None) -> torch.Tensor:
-    """A hand-written guided DDIM loop; ``handle`` given: steps come from ``handle.at_step``."""
-    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([3, 1000])
-    for step, t in enumerate(scheduler.timesteps):
-        with handle.at_step(step) if handle is not None else torch.no_grad():
-            if unbatched:
-                cond, uncond = (model(latents, timestep=t[None], class_labels=label[None]).sample for label in labels)
-            else:
-                both = model(torch.cat([latents] * 2), timestep=t[None].expand(2), class_labels=labels).sample
-                cond, uncond = both.chunk(2)
-        eps = uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4])
-        latents = scheduler.step(eps, t, latents).prev_sample
-    return latents
-
-
 @torch.no_grad()
 def test_custom_loops_find_steps_from_the_scheduler_or_at_step(tiny_dit_transformer: nn.Module) -> None:
     scheduler = DDIMScheduler()
     scheduler.set_timesteps(STEPS)
     with apply(tiny_dit_transformer, CACHED, scheduler=scheduler):
-        by_timestep = _custom_loop(tiny_dit_transformer, scheduler, unbatched=False)
+        by_timestep = guided_ddim_loop(tiny_dit_transformer, scheduler, unbatched=False)
     with apply(tiny_dit_transformer, CACHED) as handle:
-        by_index = _custom_loop(tiny_dit_transformer, scheduler, unbatched=False, handle=handle)
-    assert torch.equal(by_timestep, by_index)
+        by_index = guided_ddim_loop(tiny_dit_transformer, scheduler, unbatched=False, handle=handle)
+    # Only the scheduler lookup knows every step's timestep, so only it reads conditioning tables: equal up to
+    # the rounding of their batched GEMMs.
+    torch.testing.assert_close(by_timestep, by_index, rtol=0, atol=1e-4)
 
 
 @torch.no_grad()
@@ -166,8 +152,8 @@ def test_unbatched_guidance_keeps_a_cache_per_branch(tiny_dit_transformer: nn.Mo
     scheduler = DDIMScheduler()
     scheduler.set_timesteps(STEPS)
     with apply(tiny_dit_transformer, CACHED, scheduler=scheduler):
-        batched = _custom_loop(tiny_dit_transformer, scheduler, unbatched=False)
-        unbatched = _custom_loop(tiny_dit_transformer, scheduler, unbatched=True)
+        batched = guided_ddim_loop(tiny_dit_transformer, scheduler, unbatched=False)
+        unbatched = guided_ddim_loop(tiny_dit_transformer, scheduler, unbatched=True)
     torch.testing.assert_close(unbatched, batched, rtol=1e-4, atol=1e-4)
 
 

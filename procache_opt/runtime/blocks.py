@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from diffusers.models.attention import BasicTransformerBlock
@@ -83,6 +84,30 @@ class BlockAdapter:
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
         return query, key, float(attn.scale)
+
+    def modulation(self, block: nn.Module, hidden_states: torch.Tensor,
+                   kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+        """The block's ``(B, 6D)`` adaLN modulation for this call, computed as its own ``forward`` would, or
+        ``None`` when its norm type has none the runtime knows."""
+        norm_type = getattr(block, "norm_type", None)
+        if norm_type == "ada_norm_zero" and getattr(block.norm1, "emb", None) is not None:
+            norm = block.norm1
+            emb = norm.emb(kwargs.get("timestep"), kwargs.get("class_labels"), hidden_dtype=hidden_states.dtype)
+            return norm.linear(norm.silu(emb))
+        if norm_type == "ada_norm_single":
+            return kwargs.get("timestep")
+        return None
+
+    def residual_gates(self, block: nn.Module, modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gates ``BasicTransformerBlock.forward`` multiplies the self-attention and feed-forward outputs by
+        before the residual adds, shaped ``(B, 1, D)``: adaLN-Zero's ``gate_msa``/``gate_mlp`` chunks of the
+        modulation (DiT), or those chunks of the block's ``scale_shift_table`` plus the shared modulation
+        (PixArt's adaLN-single)."""
+        if block.norm_type == "ada_norm_zero":
+            chunks = modulation.chunk(6, dim=1)
+            return chunks[2].unsqueeze(1), chunks[5].unsqueeze(1)
+        chunks = (block.scale_shift_table[None] + modulation.reshape(modulation.shape[0], 6, -1)).chunk(6, dim=1)
+        return chunks[2], chunks[5]
 
     def check(self, block: nn.Module) -> None:
         """Fail early on block settings that would call a branch more than once per forward."""

@@ -14,6 +14,7 @@ branch 1, and so on.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -68,6 +69,8 @@ class StepState:
         token_grid: ``(rows, cols)`` of the running call's token grid, if known.
         forced_step: Step index set by ``handle.at_step``; overrides the timestep lookup.
         last_step: Step index of the previous call, else ``None``.
+        skipped_output: ``(layer, weak reference to its output)`` of the last block the running call skipped, if
+            only the transformer's loop holds that output (``hooks.BlockReuseHook`` then updates it in place).
     """
 
     def __init__(self, schedule: Schedule, num_layers: int) -> None:
@@ -89,6 +92,7 @@ class StepState:
         self.branch = 0
         self.token_grid: tuple[int, int] | None = None
         self.last_step: int | None = None
+        self.skipped_output: tuple[int, weakref.ref[torch.Tensor]] | None = None
 
     def begin(self, step: int, token_grid: tuple[int, int] | None) -> None:
         """Enter a transformer call at ``step``."""
@@ -102,6 +106,7 @@ class StepState:
             self._clear()
         self.step = step
         self.token_grid = token_grid
+        self.skipped_output = None
 
     def action_of(self, layer: int) -> Action | None:
         """What block ``layer`` does in the running call (FULL, REUSE or SELECTIVE), else ``None``."""
@@ -125,9 +130,12 @@ class StepState:
             caches.clear(branch)
 
 
-def _argument_position(forward: Callable[..., Any], name: str) -> int | None:
-    parameters = list(inspect.signature(forward).parameters)
-    return parameters.index(name) if name in parameters else None
+class ConditioningTables(Protocol):
+    """Per-generation conditioning tables the tracker points at the running call (``modulation.ConditioningMemo``)."""
+
+    def prepare(self, call: dict[str, Any], timesteps: torch.Tensor | None) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 class StepTrackerHook(ModelHook):
@@ -142,26 +150,37 @@ class StepTrackerHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, state: StepState, scheduler: Callable[[], Any] | None, patch_size: int | None) -> None:
+    def __init__(self, state: StepState, scheduler: Callable[[], Any] | None, patch_size: int | None,
+                 memo: ConditioningTables | None = None) -> None:
         super().__init__()
         self.state = state
         self.scheduler = scheduler
         self.patch_size = patch_size
-        self._timestep_position: int | None = None
+        self.memo = memo
+        self._signature: inspect.Signature | None = None
 
     def initialize_hook(self, module: nn.Module) -> nn.Module:
-        self._timestep_position = _argument_position(module.forward, "timestep")
+        self._signature = inspect.signature(module.forward)
         return module
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
         state = self.state
-        step = state.forced_step if state.forced_step is not None else self._step_from_timestep(args, kwargs)
-        state.begin(step, self._token_grid(args, kwargs))
+        call = self._signature.bind_partial(*args, **kwargs).arguments
+        if state.forced_step is not None:
+            step, timesteps = state.forced_step, None
+        else:
+            step, timesteps = self._step_from_timestep(call.get("timestep"))
+        state.begin(step, self._token_grid(call.get("hidden_states")))
         try:
+            if self.memo is not None:
+                self.memo.prepare(call, timesteps)
             output = self.fn_ref.original_forward(*args, **kwargs)
         except BaseException:
             state.reset()  # a half-updated cache must not be reused: the next call has to start at step 0
             raise
+        finally:
+            if self.memo is not None:
+                self.memo.finish()
         state.end()
         return output
 
@@ -169,16 +188,14 @@ class StepTrackerHook(ModelHook):
         self.state.reset()
         return module
 
-    def _step_from_timestep(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    def _step_from_timestep(self, timestep: Any) -> tuple[int, torch.Tensor]:
+        """The call's step index and the scheduler's timesteps it was found in."""
         if self.scheduler is None:
             raise MissingStepContextError(
                 "cannot tell the denoising step of this transformer call: pass the scheduler that drives the "
                 "loop, apply(transformer, schedule, scheduler=pipe.scheduler), or wrap each call in "
                 "`with handle.at_step(i):`"
             )
-        timestep = kwargs.get("timestep")
-        if timestep is None and self._timestep_position is not None and len(args) > self._timestep_position:
-            timestep = args[self._timestep_position]
         timesteps = getattr(self.scheduler(), "timesteps", None)
         if timestep is None or timesteps is None:
             raise MissingStepContextError(
@@ -187,7 +204,11 @@ class StepTrackerHook(ModelHook):
                 "use `with handle.at_step(i):` around the call"
             )
         self.state.schedule.check_compatible(num_steps=len(timesteps))
-        value = torch.as_tensor(timestep).reshape(-1)[0].to(timesteps.device, timesteps.dtype)
+        timestep = torch.as_tensor(timestep)
+        index = _view_index(timestep, timesteps)
+        if index is not None:
+            return index, timesteps
+        value = timestep.reshape(-1)[0].to(timesteps.device, timesteps.dtype)
         matches = (timesteps == value).nonzero().flatten().tolist()
         if not matches:
             raise MissingStepContextError(
@@ -196,10 +217,25 @@ class StepTrackerHook(ModelHook):
             )
         last = self.state.last_step
         # Schedulers with repeated timesteps: take the first match not before the previous call's step.
-        return next((i for i in matches if last is not None and i >= last), matches[0])
+        return next((i for i in matches if last is not None and i >= last), matches[0]), timesteps
 
-    def _token_grid(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, int] | None:
-        latents = args[0] if args else kwargs.get("hidden_states")
+    def _token_grid(self, latents: Any) -> tuple[int, int] | None:
         if self.patch_size is None or not isinstance(latents, torch.Tensor) or latents.ndim != 4:
             return None
         return latents.shape[-2] // self.patch_size, latents.shape[-1] // self.patch_size
+
+
+def _view_index(timestep: torch.Tensor, timesteps: torch.Tensor) -> int | None:
+    """Index of the element of ``timesteps`` that ``timestep`` is a view of, else ``None``.
+
+    Pipelines iterate ``scheduler.timesteps`` and pass (an expanded view of) each element to the transformer,
+    so the step is where the view points. Reading it from the storage offset needs no device synchronisation,
+    which comparing values on a GPU would.
+    """
+    if (timesteps.ndim != 1 or timestep.numel() == 0 or timestep.device != timesteps.device
+            or timestep.untyped_storage().data_ptr() != timesteps.untyped_storage().data_ptr()):
+        return None
+    offset, stride = timestep.storage_offset() - timesteps.storage_offset(), timesteps.stride(0)
+    if stride <= 0 or offset % stride or not 0 <= offset // stride < timesteps.shape[0]:
+        return None
+    return offset // stride

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
@@ -23,15 +24,18 @@ from procache_opt.runtime.blocks import BlockAdapter, adapter_for, transformer_b
 from procache_opt.runtime.context import StepState, StepTrackerHook
 from procache_opt.runtime.hooks import (
     BlockCache,
+    BlockReuseHook,
     BranchCacheHook,
     CaptureHook,
     ScoredSelfAttentionHook,
     SelectiveFeedForwardHook,
     UnusedNormHook,
 )
+from procache_opt.runtime.modulation import ConditioningMemo, memo_for
 from procache_opt.schedule import Action, Schedule
 
-__all__ = ["CacheHandle", "apply", "STEP_HOOK", "BRANCH_HOOK", "CAPTURE_HOOK", "NORM_HOOK"]
+__all__ = ["CacheHandle", "apply", "STEP_HOOK", "BRANCH_HOOK", "BLOCK_HOOK", "CAPTURE_HOOK", "NORM_HOOK",
+           "TABLE_HOOK"]
 
 STEP_HOOK = "procache_step"
 """Hook on the transformer that publishes the step context."""
@@ -41,6 +45,10 @@ CAPTURE_HOOK = "procache_capture"
 """Hook on deep blocks' ``to_q`` / ``to_k`` that keeps the projections for token scoring."""
 NORM_HOOK = "procache_norm"
 """Hook on the norms feeding a single branch, skipping their work while that branch is reused."""
+BLOCK_HOOK = "procache_block"
+"""Hook on each block that skips it on steps where it reuses every branch (``fast=True``)."""
+TABLE_HOOK = "procache_table"
+"""Hook on the conditioning modules whose outputs are computed once per generation (``fast=True``)."""
 
 _MISSING = object()
 
@@ -61,6 +69,8 @@ class CacheHandle:
     def __init__(self, transformer: nn.Module, state: StepState) -> None:
         self.transformer = transformer
         self.state = state
+        self.caches: list[BlockCache] = []
+        self.memo: ConditioningMemo | None = None
         self._attached: list[tuple[nn.Module, str, bool, object]] = []
         self.removed = False
 
@@ -83,6 +93,13 @@ class CacheHandle:
     def reset(self) -> None:
         """Drop all cached tensors; the next transformer call must be step 0."""
         self.state.reset()
+
+    def cache_bytes(self) -> dict[str, int]:
+        """Bytes the runtime holds right now: block caches (branch outputs, forecast slopes, token scores) and
+        conditioning tables. Caches fill during a generation and are freed after its last step, so call this
+        from inside one (e.g. a callback) to see the peak."""
+        tables = self.memo.nbytes() if self.memo is not None else 0
+        return {"caches": sum(cache.nbytes() for cache in self.caches), "tables": tables}
 
     def remove(self) -> None:
         """Remove every hook and restore each module exactly as it was before :func:`apply` (idempotent)."""
@@ -118,7 +135,8 @@ class CacheHandle:
         self._attached.append((module, name, had_registry, forward))
 
 
-def apply(target: Any, schedule: Schedule, *, scheduler: Any = None) -> CacheHandle:
+def apply(target: Any, schedule: Schedule, *, scheduler: Any = None, fast: bool = True,
+          cache_dtype: torch.dtype | None = None) -> CacheHandle:
     """Make ``target`` follow ``schedule`` until the returned handle is removed.
 
     Args:
@@ -128,6 +146,12 @@ def apply(target: Any, schedule: Schedule, *, scheduler: Any = None) -> CacheHan
         scheduler: The scheduler driving a bare transformer; the step of each call is found from its
             ``timestep`` in ``scheduler.timesteps``. Defaults to the pipeline's own scheduler. Without one,
             wrap calls in ``handle.at_step(i)``.
+        fast: Skip blocks that reuse every branch (their output is computed from the cached outputs and the
+            gates alone) and compute the adaLN conditioning of every step once per generation. ``False`` runs
+            every block's ``forward`` with its branches returning cached outputs: the reference the fast path
+            is tested against (equal up to float rounding, see ``docs/runtime.md``).
+        cache_dtype: Store cached branch outputs (and forecast slopes) in this dtype, e.g. ``torch.bfloat16``
+            for an fp32 pipeline (half the cache memory); default: the outputs' own dtype.
 
     Returns:
         A :class:`CacheHandle` (a context manager; ``remove()`` restores the model exactly).
@@ -150,19 +174,28 @@ def apply(target: Any, schedule: Schedule, *, scheduler: Any = None) -> CacheHan
     state = StepState(schedule, len(blocks))
     handle = CacheHandle(transformer, state)
     try:
+        handle.memo = memo_for(transformer, state) if fast else None
+        if handle.memo is not None:
+            state.register(handle.memo)
+            for module, hook in handle.memo.hooks():
+                handle._attach(module, TABLE_HOOK, hook)
         patch_size = getattr(transformer.config, "patch_size", None)
-        handle._attach(transformer, STEP_HOOK, StepTrackerHook(state, scheduler_source, patch_size))
+        handle._attach(transformer, STEP_HOOK, StepTrackerHook(state, scheduler_source, patch_size, handle.memo))
         has_selective = Action.SELECTIVE in schedule.actions
         deep_start = schedule.selective.deep_start(len(blocks)) if has_selective else len(blocks)
         for layer, (block, adapter) in enumerate(zip(blocks, adapters, strict=True)):
-            cache = BlockCache(layer)
+            cache = BlockCache(layer, cache_dtype)
             state.register(cache)
-            hooks = _block_hooks(handle, block, adapter, cache, deep=layer >= deep_start, num_layers=len(blocks))
+            handle.caches.append(cache)
+            deep = layer >= deep_start
+            hooks = _block_hooks(handle, block, adapter, cache, deep=deep, num_layers=len(blocks))
             for name, module in adapter.branches(block).items():
                 handle._attach(module, BRANCH_HOOK, hooks(name))
             for name, norm in adapter.branch_input_norms(block).items():
-                refreshed = layer >= deep_start and name == adapter.feed_forward
+                refreshed = deep and name == adapter.feed_forward
                 handle._attach(norm, NORM_HOOK, UnusedNormHook(state, layer, refreshed_on_selective=refreshed))
+            if fast:
+                handle._attach(block, BLOCK_HOOK, BlockReuseHook(state, cache, adapter, handle.memo, deep))
         transformer._diffusers_hook.invalidate_child_registries_cache()
     except BaseException:
         handle.remove()
