@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch._dynamo.testing
 from diffusers import DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 from torch import nn
 
@@ -153,7 +154,7 @@ def test_conditioning_tables_equal_the_per_call_computation(family: str, tiny_di
         timestep = scheduler.timesteps[step].expand(2)
         for key, module in memo.sites().items():
             expected = _per_call(key, module, transformer, timestep, call)
-            actual = memo.row(key)
+            actual = memo.current.get(key)
             for a, e in zip(actual if isinstance(actual, tuple) else (actual,),
                             expected if isinstance(expected, tuple) else (expected,), strict=True):
                 assert a.shape == e.shape
@@ -185,15 +186,15 @@ def test_tables_are_not_used_for_another_condition_in_the_same_generation(tiny_d
     call = _table_call(tiny_dit_transformer, "dit")
     state.begin(0, None)
     memo.prepare(call, scheduler.timesteps)
-    assert memo.row("mod.0") is not None
+    assert memo.current.get("mod.0") is not None
     state.end()
     state.begin(1, None)
     memo.prepare({**call, "class_labels": torch.tensor([6, 1000])}, scheduler.timesteps)
-    assert memo.row("mod.0") is None  # computed per call instead
+    assert memo.current.get("mod.0") is None  # computed per call instead
     memo.prepare({**call, "class_labels": call["class_labels"].clone()}, scheduler.timesteps)
-    assert memo.row("mod.0") is not None  # equal values, another tensor: still the table
+    assert memo.current.get("mod.0") is not None  # equal values, another tensor: still the table
     memo.prepare(call, None)  # handle.at_step: no scheduler, no table
-    assert memo.row("mod.0") is None
+    assert memo.current.get("mod.0") is None
 
 
 def test_steps_are_read_from_timestep_views_without_comparing_values() -> None:
@@ -282,3 +283,34 @@ def test_selective_config_of_a_schedule_reaches_the_fast_path() -> None:
     with torch.no_grad(), apply(pipe, Schedule.from_pattern([1, 2, 1, 2, 1, 2, 1, 2, 1, 2], selective=config)):
         _dit(pipe)
     assert counts[f"norm{deep}"] == STEPS and counts[f"norm{deep - 1}"] == STEPS // 2
+
+
+@torch.no_grad()
+def test_a_compiled_transformer_follows_the_schedule_without_a_graph_per_step(tiny_dit_pipeline: Any) -> None:
+    """torch.compile(pipe.transformer) with a schedule applied: outputs as in eager mode, and once two
+    generations have run, a generation twice as long compiles nothing new (graphs per kind of step, not per
+    step or per generation)."""
+    pattern = [1, 0, 2, 0, 1, 0, 2, 1, 0, 0]
+    short, long = (Schedule.from_pattern(pattern * repeat, forecast_order=1) for repeat in (2, 4))
+
+    def run(schedule: Schedule) -> torch.Tensor:
+        with apply(tiny_dit_pipeline, schedule):
+            return tiny_dit_pipeline(class_labels=[1, 7], generator=torch.Generator().manual_seed(0),
+                                     num_inference_steps=schedule.num_steps, output_type="pt").images
+
+    eager = {schedule.num_steps: run(schedule) for schedule in (short, long)}
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    tiny_dit_pipeline.transformer = torch.compile(tiny_dit_pipeline.transformer, backend=counter)
+    try:
+        # a graph per step would exceed dynamo's recompile limit: fail instead of falling back to eager
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            compiled = {short.num_steps: [run(short), run(short)]}
+            graphs = counter.frame_count
+            compiled[long.num_steps] = [run(long)]
+        assert counter.frame_count == graphs > 0
+        for steps, outputs in compiled.items():
+            for output in outputs:
+                assert _relative(output, eager[steps]) < 1e-5
+    finally:
+        torch._dynamo.reset()

@@ -191,7 +191,7 @@ def test_staleness_counts_selective_steps_since_refresh() -> None:
         for step in range(3):
             with handle.at_step(step):
                 model(**_dit_call(step, 900 - 100 * step))
-            seen.append(ff_hook.cache.staleness[0].clone())
+            seen.append(ff_hook.cache.tokens(handle.state).staleness.clone())
     assert torch.equal(seen[0], torch.zeros(2, 64, dtype=torch.int32))
     count = config.num_fresh_tokens(64, 1, 4, 3, 4)
     assert (seen[1] == 0).sum(dim=1).tolist() == [count, count] and set(seen[1].unique().tolist()) == {0, 1}

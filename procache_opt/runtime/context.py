@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from procache_opt.schedule import Action, Schedule, ScheduleMismatchError
 
-__all__ = ["MissingStepContextError", "StepState", "StepTrackerHook", "score_steps"]
+__all__ = ["MissingStepContextError", "StepKind", "StepState", "StepTrackerHook", "score_steps"]
 
 
 class MissingStepContextError(RuntimeError):
@@ -54,16 +55,44 @@ def score_steps(actions: Sequence[Action]) -> tuple[bool, ...]:
     return tuple(needed)
 
 
+@dataclass(frozen=True)
+class StepKind:
+    """What each block group does in one transformer call.
+
+    These are the only step-dependent Python values the hooks read inside a ``torch.compile``d graph, so
+    dynamo keys its graphs on a handful of kinds (FULL, FULL with scoring, REUSE, per-depth mixes) instead of
+    recompiling for every step index. Step-dependent numbers reach the graph as tensors (``StepState.tau``,
+    ``StepState.span``); everything else that needs the index runs outside it (``torch.compiler.disable``).
+
+    Attributes:
+        actions: The action of the shallow and of the deep block group (equal unless per-depth).
+        scores: Whether each group computes token scores (see :func:`score_steps`).
+        slopes: Whether each group has a forecast slope (``forecast_order=1`` and two FULL steps so far): a FULL
+            step then takes it, other steps extrapolate along it.
+    """
+
+    actions: tuple[Action, Action]
+    scores: tuple[bool, bool]
+    slopes: tuple[bool, bool]
+
+    @property
+    def selective(self) -> bool:
+        """Whether a group refreshes tokens: the token count changes from step to step, so such calls run
+        eagerly even in a compiled transformer (a graph per count would be a graph per step)."""
+        return Action.SELECTIVE in self.actions
+
+
 class StepState:
     """The step context shared by the hooks of one applied schedule.
 
-    ``step`` is set only while the transformer runs (``begin`` ... ``end``); outside a call it is ``None``
-    and branch hooks refuse to run. Caches are cleared when a generation starts (step 0, first branch), after
-    each branch's last step, and on :meth:`reset`.
+    ``step`` and ``now`` are set only while the transformer runs (``begin`` ... ``end``); outside a call they
+    are ``None`` and branch hooks refuse to run. Caches are cleared when a generation starts (step 0, first
+    branch), after each branch's last step, and on :meth:`reset`.
 
     Attributes:
         schedule: The schedule being followed.
         step: Step index of the running call, else ``None``.
+        now: The :class:`StepKind` of the running call, else ``None``.
         split_layer: First block of the deep group (the number of blocks when the schedule is not per-depth).
         branch: Index of the running call among calls with the same step (0 for batched guidance).
         token_grid: ``(rows, cols)`` of the running call's token grid, if known.
@@ -71,13 +100,23 @@ class StepState:
         last_step: Step index of the previous call, else ``None``.
         skipped_output: ``(layer, weak reference to its output)`` of the last block the running call skipped, if
             only the transformer's loop holds that output (``hooks.BlockReuseHook`` then updates it in place).
+        tau: With forecasting, per block group (shallow, deep): steps since the group's last FULL step, as a
+            0-d tensor (a Python number would make a compiled graph specialise on it).
+        span: Likewise, steps between the group's last two FULL steps (the forecast's slope divides by it).
     """
 
     def __init__(self, schedule: Schedule, num_layers: int) -> None:
         self.schedule = schedule
         self.split_layer = schedule.split_layer(num_layers) if schedule.per_depth else num_layers
-        self._group_actions = tuple(schedule.group_actions(deep) for deep in (False, True))
-        self._score_steps = tuple(score_steps(actions) for actions in self._group_actions)
+        groups = tuple(schedule.group_actions(deep) for deep in (False, True))
+        scores = tuple(score_steps(actions) for actions in groups)
+        self._anchors = tuple(_full_anchors(actions) for actions in groups)
+        slopes = tuple(tuple(schedule.forecast_order >= 1 and before is not None for _, before in anchors)
+                       for anchors in self._anchors)
+        interned: dict[StepKind, StepKind] = {}
+        self._kinds = tuple(interned.setdefault(kind, kind) for kind in (
+            StepKind(*(tuple(group[s] for group in table) for table in (groups, scores, slopes)))
+            for s in range(schedule.num_steps)))
         self._caches: list[BranchCaches] = []
         self.forced_step: int | None = None
         self.reset()
@@ -89,6 +128,7 @@ class StepState:
         """Forget every cached tensor and where the loop was (the next call must be a FULL step 0)."""
         self._clear()
         self.step: int | None = None
+        self.now: StepKind | None = None
         self.branch = 0
         self.token_grid: tuple[int, int] | None = None
         self.last_step: int | None = None
@@ -105,18 +145,28 @@ class StepState:
         if step == 0 and self.branch == 0:
             self._clear()
         self.step = step
+        self.now = self._kinds[step]
         self.token_grid = token_grid
         self.skipped_output = None
+        if self.schedule.forecast_order >= 1:
+            anchors = [self._anchors[group][step] for group in (0, 1)]
+            self.tau = tuple(torch.tensor(float(step - last)) for last, _ in anchors)
+            self.span = tuple(torch.tensor(float(last - (before if before is not None else last - 1)))
+                              for last, before in anchors)
 
     def action_of(self, layer: int) -> Action | None:
         """What block ``layer`` does in the running call (FULL, REUSE or SELECTIVE), else ``None``."""
-        if self.step is None:
-            return None
-        return self._group_actions[layer >= self.split_layer][self.step]
+        now = self.now
+        return None if now is None else now.actions[layer >= self.split_layer]
 
     def scores_now(self, layer: int) -> bool:
         """Whether block ``layer`` computes token scores in the running call (see :func:`score_steps`)."""
-        return self.step is not None and self._score_steps[layer >= self.split_layer][self.step]
+        now = self.now
+        return now is not None and now.scores[layer >= self.split_layer]
+
+    def group(self, layer: int) -> int:
+        """0 for the shallow block group, 1 for the deep one (per-depth schedules; else every block is 0)."""
+        return int(layer >= self.split_layer)
 
     def end(self) -> None:
         """Leave the transformer call; after a branch's last step its caches are no longer needed."""
@@ -124,10 +174,20 @@ class StepState:
             self._clear(self.branch)
         self.last_step = self.step
         self.step = None
+        self.now = None
 
     def _clear(self, branch: int | None = None) -> None:
         for caches in self._caches:
             caches.clear(branch)
+
+
+def _full_anchors(actions: Sequence[Action]) -> tuple[tuple[int | None, int | None], ...]:
+    anchors, last, previous = [], None, None
+    for step, action in enumerate(actions):
+        if action == Action.FULL:
+            last, previous = step, last
+        anchors.append((last, previous))
+    return tuple(anchors)
 
 
 class ConditioningTables(Protocol):
@@ -164,6 +224,21 @@ class StepTrackerHook(ModelHook):
         return module
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        self._enter(args, kwargs)
+        try:
+            if self.state.now.selective:
+                output = self._eager_forward(args, kwargs)
+            else:
+                output = self.fn_ref.original_forward(*args, **kwargs)
+        except BaseException:
+            self._abort()
+            raise
+        self._exit()
+        return output
+
+    @torch.compiler.disable
+    def _enter(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Find the call's step and publish it (outside any compiled graph: it reads the step index)."""
         state = self.state
         call = self._signature.bind_partial(*args, **kwargs).arguments
         if state.forced_step is not None:
@@ -171,18 +246,30 @@ class StepTrackerHook(ModelHook):
         else:
             step, timesteps = self._step_from_timestep(call.get("timestep"))
         state.begin(step, self._token_grid(call.get("hidden_states")))
-        try:
-            if self.memo is not None:
+        if self.memo is not None:
+            try:
                 self.memo.prepare(call, timesteps)
-            output = self.fn_ref.original_forward(*args, **kwargs)
-        except BaseException:
-            state.reset()  # a half-updated cache must not be reused: the next call has to start at step 0
-            raise
-        finally:
-            if self.memo is not None:
-                self.memo.finish()
-        state.end()
-        return output
+            except BaseException:
+                self._abort()
+                raise
+
+    @torch.compiler.disable
+    def _eager_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Steps with SELECTIVE blocks, outside any compiled graph (see ``StepKind.selective``)."""
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+    @torch.compiler.disable
+    def _abort(self) -> None:
+        # A half-updated cache must not be reused: the next call has to start at step 0.
+        if self.memo is not None:
+            self.memo.finish()
+        self.state.reset()
+
+    @torch.compiler.disable
+    def _exit(self) -> None:
+        if self.memo is not None:
+            self.memo.finish()
+        self.state.end()
 
     def reset_state(self, module: nn.Module) -> nn.Module:
         self.state.reset()

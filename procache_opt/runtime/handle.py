@@ -184,7 +184,7 @@ def apply(target: Any, schedule: Schedule, *, scheduler: Any = None, fast: bool 
         has_selective = Action.SELECTIVE in schedule.actions
         deep_start = schedule.selective.deep_start(len(blocks)) if has_selective else len(blocks)
         for layer, (block, adapter) in enumerate(zip(blocks, adapters, strict=True)):
-            cache = BlockCache(layer, cache_dtype)
+            cache = BlockCache(layer, tuple(adapter.branches(block)), cache_dtype)
             state.register(cache)
             handle.caches.append(cache)
             deep = layer >= deep_start
@@ -224,9 +224,13 @@ def _block_hooks(handle: CacheHandle, block: nn.Module, adapter: BlockAdapter, c
 
 
 def _resolve(target: Any, scheduler: Any) -> tuple[nn.Module, Callable[[], Any] | None]:
-    """The transformer to hook and a getter for the scheduler that drives it."""
+    """The transformer to hook and a getter for the scheduler that drives it.
+
+    A ``torch.compile(transformer)`` wrapper is looked through: the hooks go on the module it compiles, whose
+    ``forward`` the compiled call reads at run time.
+    """
     if isinstance(target, nn.Module):
-        return target, (None if scheduler is None else lambda: scheduler)
+        return _uncompiled(target), (None if scheduler is None else lambda: scheduler)
     transformer = getattr(target, "transformer", None)
     if not isinstance(transformer, nn.Module):
         raise TypeError(
@@ -234,5 +238,9 @@ def _resolve(target: Any, scheduler: Any) -> tuple[nn.Module, Callable[[], Any] 
             f"PixArtSigmaPipeline) or a transformer module; got {type(target).__name__}"
         )
     if scheduler is not None:
-        return transformer, lambda: scheduler
-    return transformer, lambda: target.scheduler
+        return _uncompiled(transformer), lambda: scheduler
+    return _uncompiled(transformer), lambda: target.scheduler
+
+
+def _uncompiled(module: nn.Module) -> nn.Module:
+    return module._orig_mod if isinstance(module, torch._dynamo.eval_frame.OptimizedModule) else module

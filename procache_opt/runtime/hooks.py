@@ -32,6 +32,8 @@ from procache_opt.schedule import Action
 
 __all__ = [
     "BlockCache",
+    "CachedBranch",
+    "TokenState",
     "BlockReuseHook",
     "BranchCacheHook",
     "CaptureHook",
@@ -41,80 +43,120 @@ __all__ = [
 ]
 
 
+class CachedBranch:
+    """What a block keeps of one branch for one guidance branch: its output and forecast slope."""
+
+    __slots__ = ("output", "slope")
+
+    def __init__(self) -> None:
+        self.output: torch.Tensor | None = None
+        self.slope: torch.Tensor | None = None
+
+
+class TokenState:
+    """What a deep block keeps per guidance branch for selective computation."""
+
+    __slots__ = ("scores", "staleness")
+
+    def __init__(self) -> None:
+        self.scores: torch.Tensor | None = None
+        """``(B, N)`` attention-received scores from the last FULL step."""
+        self.staleness: torch.Tensor | None = None
+        """``(B, N)`` selective steps since each token's feed-forward output was recomputed."""
+
+
 class BlockCache:
-    """Cached tensors of one block, keyed by guidance branch (see ``context``).
+    """Cached tensors of one block, by guidance branch (see ``context``) and branch name.
+
+    Inside a ``torch.compile``d graph nothing here reads the step index or adds or removes entries (both would
+    make dynamo specialise its graphs): what a step does comes from its ``StepKind``, step-dependent numbers from
+    0-d tensors, and values live in attributes of objects made in advance for the two guidance branches of
+    batched and unbatched guidance. So a compiled step is one graph for every step of its kind.
 
     Attributes:
         layer: Index of the block.
         dtype: Dtype the branch outputs (and slopes) are stored in; ``None`` keeps each output's own.
-        outputs: Branch outputs by ``(branch, branch name)``; with forecasting, the forecast's value at its anchor.
-        slopes: Per-step change of each output between its last two FULL steps (forecasting only).
-        anchors: Step of the FULL step each output was stored at.
-        attention: ``(B, N)`` attention-received scores from the last FULL step, by branch.
-        staleness: ``(B, N)`` selective steps since each token's feed-forward output was recomputed, by branch.
     """
 
-    def __init__(self, layer: int, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, layer: int, names: tuple[str, ...] = ("attn1", "attn2", "ff"),
+                 dtype: torch.dtype | None = None) -> None:
         self.layer = layer
         self.dtype = dtype
-        self.outputs: dict[tuple[int, str], torch.Tensor] = {}
-        self.slopes: dict[tuple[int, str], torch.Tensor] = {}
-        self.anchors: dict[tuple[int, str], int] = {}
-        self.attention: dict[int, torch.Tensor] = {}
-        self.staleness: dict[int, torch.Tensor] = {}
+        self.names = names
+        self._branches: dict[tuple[int, str], CachedBranch] = {}
+        self._tokens: dict[int, TokenState] = {}
+        for branch in (0, 1):
+            self._add(branch)
 
     def clear(self, branch: int | None = None) -> None:
-        if branch is None:
-            for table in (self.outputs, self.slopes, self.anchors, self.attention, self.staleness):
-                table.clear()
-            return
-        for key in [key for key in self.outputs if key[0] == branch]:
-            del self.outputs[key]
-            self.slopes.pop(key, None)
-            self.anchors.pop(key, None)
-        self.attention.pop(branch, None)
-        self.staleness.pop(branch, None)
+        for (owner, _), cached in self._branches.items():
+            if branch is None or owner == branch:
+                cached.output = cached.slope = None
+        for owner, tokens in self._tokens.items():
+            if branch is None or owner == branch:
+                tokens.scores = tokens.staleness = None
 
     def store(self, state: StepState, name: str, output: torch.Tensor) -> None:
         """Keep a FULL step's output (and, when forecasting, its slope from the previous FULL step's)."""
-        key = (state.branch, name)
-        if state.schedule.forecast_order >= 1 and key in self.outputs:
-            self.slopes[key] = self._stored((output - self.outputs[key]) / (state.step - self.anchors[key]))
-        self.outputs[key] = self._stored(output)
-        self.anchors[key] = state.step
+        cached, group = self._branch(state, name), state.group(self.layer)
+        if state.now.slopes[group] and cached.output is not None:  # None after a replayed prefix (Evaluator)
+            cached.slope = self._stored((output - cached.output) / state.span[group])
+        cached.output = self._stored(output)
 
     def update(self, state: StepState, name: str, output: torch.Tensor) -> None:
         """Keep an output partly recomputed at a non-FULL step; the forecast keeps its anchor and slope."""
-        key = (state.branch, name)
-        slope = self.slopes.get(key)
-        output = output if slope is None else output.sub(slope, alpha=state.step - self.anchors[key])
-        self.outputs[key] = self._stored(output)
+        cached, group = self._branch(state, name), state.group(self.layer)
+        if state.now.slopes[group]:
+            output = output - state.tau[group] * cached.slope
+        cached.output = self._stored(output)
+
+    def cached(self, state: StepState, name: str) -> torch.Tensor:
+        """The reused output of branch ``name`` at this step (forecast if asked), or an error saying why not."""
+        cached = self._branch(state, name)
+        if cached.output is None:
+            self._missing(state, name)
+        group = state.group(self.layer)
+        if state.now.slopes[group]:
+            return cached.output + state.tau[group] * cached.slope
+        return cached.output
+
+    def tokens(self, state: StepState) -> TokenState:
+        """The running guidance branch's token scores and staleness."""
+        tokens = self._tokens.get(state.branch)
+        return tokens if tokens is not None else self._add(state.branch)[1]
 
     def nbytes(self) -> int:
         """Bytes held by this block's cached tensors."""
-        tables = (self.outputs, self.slopes, self.attention, self.staleness)
-        return sum(t.numel() * t.element_size() for table in tables for t in table.values())
+        tensors = [t for c in self._branches.values() for t in (c.output, c.slope)]
+        tensors += [t for tokens in self._tokens.values() for t in (tokens.scores, tokens.staleness)]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def _branch(self, state: StepState, name: str) -> CachedBranch:
+        cached = self._branches.get((state.branch, name))
+        return cached if cached is not None else self._add(state.branch)[0][name]
+
+    @torch.compiler.disable
+    def _add(self, branch: int) -> tuple[dict[str, CachedBranch], TokenState]:
+        """Entries for a guidance branch (two exist from the start; a third call per step makes more)."""
+        for name in self.names:
+            self._branches.setdefault((branch, name), CachedBranch())
+        tokens = self._tokens.setdefault(branch, TokenState())
+        return {name: self._branches[branch, name] for name in self.names}, tokens
 
     def _stored(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self.dtype is None else tensor.to(self.dtype)
 
-    def cached(self, state: StepState, name: str) -> torch.Tensor:
-        """The reused output of branch ``name`` at this step (forecast if asked), or an error saying why not."""
-        key = (state.branch, name)
-        try:
-            output = self.outputs[key]
-        except KeyError:
-            if state.step is None:
-                raise RuntimeError(
-                    f"block {self.layer} {name} ran outside a transformer call; ProCache hooks follow the "
-                    "schedule only when the whole transformer is called"
-                ) from None
+    @torch.compiler.disable
+    def _missing(self, state: StepState, name: str) -> None:
+        if state.step is None:
             raise RuntimeError(
-                f"block {self.layer} {name} has no cached output to reuse at step {state.step} (guidance branch "
-                f"{state.branch}); a generation must start at step 0, which is FULL"
-            ) from None
-        slope = self.slopes.get(key)
-        return output if slope is None else output.add(slope, alpha=state.step - self.anchors[key])
+                f"block {self.layer} {name} ran outside a transformer call; ProCache hooks follow the schedule "
+                "only when the whole transformer is called"
+            )
+        raise RuntimeError(
+            f"block {self.layer} {name} has no cached output to reuse at step {state.step} (guidance branch "
+            f"{state.branch}); a generation must start at step 0, which is FULL"
+        )
 
 
 class BranchCacheHook(ModelHook):
@@ -177,32 +219,53 @@ class BlockReuseHook(ModelHook):
         return module
 
     def new_forward(self, module: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.state.action_of(self.cache.layer) in self.skipped and not args and not _has_gligen(kwargs):
+            output = self._skip(module, hidden_states, kwargs)
+            if output is not None:
+                return output
+        return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+
+    def _skip(self, module: nn.Module, hidden_states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """The skipped block's output, or ``None`` if its modulation cannot be had (the block then runs)."""
         state, layer = self.state, self.cache.layer
-        modulation = None
-        if state.action_of(layer) in self.skipped and not args and not _has_gligen(kwargs):
-            modulation = self.memo.block_modulation(layer) if self.memo is not None else None
-            if modulation is None:
-                modulation = self.adapter.modulation(module, hidden_states, kwargs)
+        modulation = self.memo.block_modulation(layer) if self.memo is not None else None
         if modulation is None:
-            return self.fn_ref.original_forward(hidden_states, *args, **kwargs)
+            modulation = self.adapter.modulation(module, hidden_states, kwargs)
+        if modulation is None:
+            return None
         gate_attention, gate_feed_forward = self.adapter.residual_gates(module, modulation)
-        cached = self.cache.cached
-        # In a run of skipped blocks only the first allocates: on the CPU machines measured here a fresh
-        # (B, N, D) tensor costs page faults worth 10 times the add itself (0.42 ms vs 0.03 ms for 2 x 256 x 384
-        # floats). Safe only when nothing but the transformer's loop holds the previous output (_unobserved).
+        attention = self.cache.cached(state, self.adapter.self_attention)
+        cross = self.cache.cached(state, self.cross_attention) if self.cross_attention is not None else None
+        feed_forward = self.cache.cached(state, self.adapter.feed_forward)
+        if torch.compiler.is_compiling():  # the compiler fuses and allocates; keep the graph functional
+            output = torch.addcmul(hidden_states, gate_attention, attention)
+            output = output if cross is None else output + cross
+            return torch.addcmul(output, gate_feed_forward, feed_forward)
+        return self._add_in_place(module, hidden_states, gate_attention, attention, cross,
+                                  gate_feed_forward, feed_forward)
+
+    def _add_in_place(self, module: nn.Module, hidden_states: torch.Tensor, gate_attention: torch.Tensor,
+                      attention: torch.Tensor, cross: torch.Tensor | None, gate_feed_forward: torch.Tensor,
+                      feed_forward: torch.Tensor) -> torch.Tensor:
+        """Eager mode: in a run of skipped blocks only the first allocates its output.
+
+        On the CPU machines measured here a fresh ``(B, N, D)`` tensor costs page faults worth 10 times the add
+        itself (0.42 ms vs 0.03 ms for 2 x 256 x 384 floats). Safe only when nothing but the transformer's loop
+        holds the previous output (:func:`_unobserved`).
+        """
+        state, layer = self.state, self.cache.layer
         previous = state.skipped_output
         if previous is not None and previous[0] == layer - 1 and previous[1]() is hidden_states:
-            output = hidden_states.addcmul_(gate_attention, cached(state, self.adapter.self_attention))
+            output = hidden_states.addcmul_(gate_attention, attention)
         else:
-            attention = cached(state, self.adapter.self_attention)
             # In the layout of the cached output, not the input's: DiT's patch embedding returns a transposed
             # view, and every later in-place add over mismatched strides ran 6x slower (0.18 vs 0.03 ms).
             # (out= is not differentiable; with autograd recording, speed is not the point.)
             into = None if torch.is_grad_enabled() else torch.empty_like(attention)
             output = torch.addcmul(hidden_states, gate_attention, attention, out=into)
-        if self.cross_attention is not None:
-            output += cached(state, self.cross_attention)
-        output.addcmul_(gate_feed_forward, cached(state, self.adapter.feed_forward))
+        if cross is not None:
+            output += cross
+        output.addcmul_(gate_feed_forward, feed_forward)
         state.skipped_output = (layer, weakref.ref(output)) if _unobserved(module, output) else None
         return output
 
@@ -294,7 +357,7 @@ class ScoredSelfAttentionHook(BranchCacheHook):
                 )
             query, key, scale = self.adapter.heads_for_scoring(self.block, self.query.value, self.key.value)
             stride = state.schedule.selective.score_query_stride(key.shape[2])
-            self.cache.attention[state.branch] = attention_received(query, key, scale, stride)
+            self.cache.tokens(state).scores = attention_received(query, key, scale, stride)
         finally:
             self.query.active = self.key.active = False
             self.query.value = self.key.value = None
@@ -320,33 +383,35 @@ class SelectiveFeedForwardHook(BranchCacheHook):
         output = super().new_forward(module, hidden_states, *args, **kwargs)
         if action is Action.FULL:
             state = self.state
-            self.cache.staleness[state.branch] = torch.zeros(
+            self.cache.tokens(state).staleness = torch.zeros(
                 hidden_states.shape[:2], dtype=torch.int32, device=hidden_states.device
             )
         return output
 
+    @torch.compiler.disable
     def _refresh(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         state, cache, config = self.state, self.cache, self.state.schedule.selective
         output = cache.cached(state, self.name)
-        previous = cache.staleness[state.branch]
+        tokens = cache.tokens(state)
+        previous = tokens.staleness
         staleness = previous + 1
         num_tokens = hidden_states.shape[1]
         count = config.num_fresh_tokens(num_tokens, state.step, state.schedule.num_steps, cache.layer,
                                         self.num_layers)
         if count > 0:
             score = importance(
-                cache.attention[state.branch], previous, state.token_grid or _square_grid(num_tokens),
+                tokens.scores, previous, state.token_grid or _square_grid(num_tokens),
                 staleness_weight=config.staleness_weight, staleness_threshold=config.staleness_threshold,
                 patch=config.spatial_grid, bonus=config.spatial_bonus,
             )
             fresh = top_tokens(score, count)
             rows = fresh.unsqueeze(-1)
-            tokens = hidden_states.gather(1, rows.expand(-1, -1, hidden_states.shape[-1]))
-            refreshed = self.fn_ref.original_forward(tokens, *args, **kwargs).to(output.dtype)
+            inputs = hidden_states.gather(1, rows.expand(-1, -1, hidden_states.shape[-1]))
+            refreshed = self.fn_ref.original_forward(inputs, *args, **kwargs).to(output.dtype)
             output = output.scatter(1, rows.expand(-1, -1, refreshed.shape[-1]), refreshed)
             cache.update(state, self.name, output)
             staleness = staleness.scatter(1, fresh, 0)
-        cache.staleness[state.branch] = staleness
+        tokens.staleness = staleness
         return output
 
 

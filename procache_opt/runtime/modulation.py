@@ -54,8 +54,9 @@ class ConditioningMemo:
     def __init__(self, transformer: nn.Module, state: StepState) -> None:
         self.transformer = transformer
         self.state = state
-        self._tables: dict[int, tuple[torch.Tensor, dict[str, Any], Rows]] = {}
-        self._active: Rows | None = None
+        self._tables: dict[int, tuple[torch.Tensor, dict[str, Any], list[Rows]]] = {}
+        self.current: Rows = {}
+        """The running call's row of every table (empty when no table applies): what the hooks read."""
 
     # -- what subclasses define -------------------------------------------------------------------------------
     def sites(self) -> dict[str, nn.Module]:
@@ -76,12 +77,13 @@ class ConditioningMemo:
 
     @torch.compiler.disable
     def prepare(self, call: Mapping[str, Any], timesteps: torch.Tensor | None) -> None:
-        """Make the running call read the tables of its guidance branch, building them on first use.
+        """Point :attr:`current` at the running step's rows of its guidance branch's tables, building them on
+        first use.
 
         Called by the step tracker after ``state.begin``; ``timesteps`` is the scheduler's (``None`` when the
         step came from ``handle.at_step``, which tables nothing).
         """
-        self._active = None
+        self.current = {}
         conditions = self.conditions(call) if timesteps is not None else None
         if conditions is None:
             return
@@ -89,41 +91,42 @@ class ConditioningMemo:
         stored = self._tables.get(branch)
         if stored is None or stored[0] is not timesteps:
             batch = call["hidden_states"].shape[0]
-            timesteps_on_device = timesteps.to(call["hidden_states"].device)
-            stored = (timesteps, conditions, self.build(timesteps_on_device, batch, conditions))
+            rows = self.build(timesteps.to(call["hidden_states"].device), batch, conditions)
+            stored = (timesteps, conditions, self._by_step(rows, timesteps.shape[0]))
             self._tables[branch] = stored
         elif not _same(stored[1], conditions):
             return  # another condition than the table's within one generation: compute per call
-        self._active = stored[2]
+        self.current = stored[2][self.state.step]
 
     def finish(self) -> None:
-        self._active = None
+        self.current = {}
 
-    def row(self, key: str) -> Any:
-        """This step's output of ``key`` if the running call reads a table, else ``None``."""
-        rows = self._active
-        if rows is None:
-            return None
-        table = rows[key]
-        if key in self.constant:
-            return table
-        step = self.state.step
-        return tuple(t[step] for t in table) if isinstance(table, tuple) else table[step]
+    def _by_step(self, rows: Rows, steps: int) -> list[Rows]:
+        """Each step's rows as views, made once per generation so that a call only looks its step up."""
+        def at(table: Any, step: int) -> Any:
+            if isinstance(table, tuple):
+                return tuple(t[step] for t in table)
+            return table[step]
+
+        return [{key: table if key in self.constant else at(table, step) for key, table in rows.items()}
+                for step in range(steps)]
 
     def clear(self, branch: int | None = None) -> None:
         if branch is None:
             self._tables.clear()
         else:
             self._tables.pop(branch, None)
-        self._active = None
+        self.current = {}
 
     def block_modulation(self, layer: int) -> torch.Tensor | None:
         """Block ``layer``'s modulation at the running step, if it has a table of its own (else ``None``)."""
         return None
 
     def nbytes(self) -> int:
-        """Bytes held by the tables."""
-        return sum(_nbytes(value) for _, _, rows in self._tables.values() for value in rows.values())
+        """Bytes held by the tables (the storage behind every step's views, counted once)."""
+        storages = {id(t.untyped_storage()): t.untyped_storage().nbytes()
+                    for _, _, per_step in self._tables.values() for rows in per_step for t in _tensors(rows)}
+        return sum(storages.values())
 
 
 class TableHook(ModelHook):
@@ -135,7 +138,7 @@ class TableHook(ModelHook):
         self.key = key
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        row = self.memo.row(self.key)
+        row = self.memo.current.get(self.key)
         return self.fn_ref.original_forward(*args, **kwargs) if row is None else row
 
 
@@ -173,7 +176,7 @@ class AdaLNZeroMemo(ConditioningMemo):
         return rows
 
     def block_modulation(self, layer: int) -> torch.Tensor | None:
-        return self.row(f"mod.{layer}")
+        return self.current.get(f"mod.{layer}")
 
 
 class AdaLNSingleMemo(ConditioningMemo):
@@ -233,7 +236,5 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _nbytes(value: Any) -> int:
-    if isinstance(value, tuple):
-        return sum(_nbytes(v) for v in value)
-    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+def _tensors(rows: Rows) -> list[torch.Tensor]:
+    return [t for value in rows.values() for t in (value if isinstance(value, tuple) else (value,))]
