@@ -239,20 +239,23 @@ def test_cache_memory_counts_what_the_runtime_holds(family: str, tiny_dit_pipeli
 
 
 @torch.no_grad()
-def test_caches_can_be_stored_in_a_smaller_dtype(tiny_dit_pipeline: Any) -> None:
+@pytest.mark.parametrize(("dtype", "shrink", "tolerance"), [(torch.bfloat16, 2, 2e-2), (torch.float8_e4m3fn, 4, 2e-1)])
+def test_caches_can_be_stored_in_a_smaller_dtype(dtype: torch.dtype, shrink: int, tolerance: float,
+                                                 tiny_dit_pipeline: Any) -> None:
     schedule = SCHEDULES["selective + forecast"]
     sizes: dict[torch.dtype | None, int] = {}
     outputs = {}
-    for dtype in (None, torch.bfloat16):
-        with apply(tiny_dit_pipeline, schedule, cache_dtype=dtype) as handle:
+    for cache_dtype in (None, dtype):
+        with apply(tiny_dit_pipeline, schedule, cache_dtype=cache_dtype) as handle:
             hook = tiny_dit_pipeline.transformer.register_forward_hook(
-                lambda *_, handle=handle, dtype=dtype: sizes.__setitem__(
-                    dtype, max(sizes.get(dtype, 0), handle.cache_bytes()["caches"])))
-            outputs[dtype] = _dit(tiny_dit_pipeline)
+                lambda *_, handle=handle, key=cache_dtype: sizes.__setitem__(
+                    key, max(sizes.get(key, 0), handle.cache_bytes()["caches"])))
+            outputs[cache_dtype] = _dit(tiny_dit_pipeline)
         hook.remove()
     scores = 4 * 64 * 8  # one deep block's float32 scores and int32 staleness stay as they are
-    assert sizes[torch.bfloat16] - scores == (sizes[None] - scores) // 2
-    assert 0 < _relative(outputs[torch.bfloat16], outputs[None]) < 2e-2
+    assert sizes[dtype] - scores == (sizes[None] - scores) // shrink
+    assert outputs[dtype].dtype == outputs[None].dtype
+    assert 0 < _relative(outputs[dtype], outputs[None]) < tolerance
 
 
 @torch.no_grad()

@@ -151,7 +151,8 @@ def apply(target: Any, schedule: Schedule, *, scheduler: Any = None, fast: bool 
             every block's ``forward`` with its branches returning cached outputs: the reference the fast path
             is tested against (equal up to float rounding, see ``docs/runtime.md``).
         cache_dtype: Store cached branch outputs (and forecast slopes) in this dtype, e.g. ``torch.bfloat16``
-            for an fp32 pipeline (half the cache memory); default: the outputs' own dtype.
+            for an fp32 pipeline or ``torch.float8_e4m3fn`` for an fp16 one (half the cache memory); reads are
+            cast back to the branch's dtype. Default: the outputs' own dtype.
 
     Returns:
         A :class:`CacheHandle` (a context manager; ``remove()`` restores the model exactly).

@@ -44,13 +44,15 @@ __all__ = [
 
 
 class CachedBranch:
-    """What a block keeps of one branch for one guidance branch: its output and forecast slope."""
+    """What a block keeps of one branch for one guidance branch: its output and forecast slope (in the cache's
+    dtype), and the dtype the branch computes in (what a read returns)."""
 
-    __slots__ = ("output", "slope")
+    __slots__ = ("output", "slope", "dtype")
 
     def __init__(self) -> None:
         self.output: torch.Tensor | None = None
         self.slope: torch.Tensor | None = None
+        self.dtype: torch.dtype | None = None
 
 
 class TokenState:
@@ -91,7 +93,7 @@ class BlockCache:
     def clear(self, branch: int | None = None) -> None:
         for (owner, _), cached in self._branches.items():
             if branch is None or owner == branch:
-                cached.output = cached.slope = None
+                cached.output = cached.slope = cached.dtype = None
         for owner, tokens in self._tokens.items():
             if branch is None or owner == branch:
                 tokens.scores = tokens.staleness = None
@@ -100,14 +102,15 @@ class BlockCache:
         """Keep a FULL step's output (and, when forecasting, its slope from the previous FULL step's)."""
         cached, group = self._branch(state, name), state.group(self.layer)
         if state.now.slopes[group] and cached.output is not None:  # None after a replayed prefix (Evaluator)
-            cached.slope = self._stored((output - cached.output) / state.span[group])
+            cached.slope = self._stored((output - cached.output.to(output.dtype)) / state.span[group])
         cached.output = self._stored(output)
+        cached.dtype = output.dtype
 
     def update(self, state: StepState, name: str, output: torch.Tensor) -> None:
         """Keep an output partly recomputed at a non-FULL step; the forecast keeps its anchor and slope."""
         cached, group = self._branch(state, name), state.group(self.layer)
         if state.now.slopes[group]:
-            output = output - state.tau[group] * cached.slope
+            output = output - state.tau[group] * cached.slope.to(output.dtype)
         cached.output = self._stored(output)
 
     def cached(self, state: StepState, name: str) -> torch.Tensor:
@@ -116,9 +119,10 @@ class BlockCache:
         if cached.output is None:
             self._missing(state, name)
         group = state.group(self.layer)
+        output = cached.output if self.dtype is None else cached.output.to(cached.dtype)
         if state.now.slopes[group]:
-            return cached.output + state.tau[group] * cached.slope
-        return cached.output
+            return output + state.tau[group] * (cached.slope if self.dtype is None else cached.slope.to(cached.dtype))
+        return output
 
     def tokens(self, state: StepState) -> TokenState:
         """The running guidance branch's token scores and staleness."""
@@ -407,7 +411,7 @@ class SelectiveFeedForwardHook(BranchCacheHook):
             fresh = top_tokens(score, count)
             rows = fresh.unsqueeze(-1)
             inputs = hidden_states.gather(1, rows.expand(-1, -1, hidden_states.shape[-1]))
-            refreshed = self.fn_ref.original_forward(inputs, *args, **kwargs).to(output.dtype)
+            refreshed = self.fn_ref.original_forward(inputs, *args, **kwargs)
             output = output.scatter(1, rows.expand(-1, -1, refreshed.shape[-1]), refreshed)
             cache.update(state, self.name, output)
             staleness = staleness.scatter(1, fresh, 0)

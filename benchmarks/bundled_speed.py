@@ -1,0 +1,141 @@
+"""Speed of searched schedules on the bundled model, measured, and speed at equal quality.
+
+1. The README's default search (``procache_opt.search("dit-digits")``: budget 0.5, ``constrained_sampling``).
+2. ``tpe`` searches (30 trials, seed 0) at lower budgets.
+3. Every schedule's held-out error (``feature_error`` on the 16 held-out samples, the search's default) next to
+   FORA-2's as published (reuse as cached; the paper's 2x regime).
+4. Every schedule's measured speed: CPU time of a whole pipeline call of 8 images with guidance (batch 16), and
+   of its denoising loop alone (the part the FLOPs count covers), one torch thread, interleaved rounds after a
+   warm-up round; medians. The analytic speedup is ``1 / FLOPs ratio``.
+
+The targets (issue "REUSE steps at the cost of their arithmetic"): the default search's best schedule at least
+0.85 of its analytic speedup; the fastest searched schedule whose held-out error is no worse than FORA-2's at
+least 3x faster than the full computation.
+
+Usage:
+    python benchmarks/bundled_speed.py --out benchmarks/results/bundled_speed.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import _speed
+import torch
+
+import procache_opt
+from procache_opt import Calibration, Schedule, zoo
+from procache_opt.compare.report import machine_facts
+from procache_opt.evaluate import Evaluator
+from procache_opt.runtime import apply
+
+BUDGETS = (0.35, 0.3, 0.25, 0.22, 0.2)
+IMAGES = 8
+FORA_2 = Schedule.from_intervals([2] * 25)
+
+
+def searched() -> dict[str, Schedule]:
+    schedules = {"default search (0.5, constrained_sampling)": procache_opt.search("dit-digits", progress=False).best}
+    for budget in BUDGETS:
+        result = procache_opt.search("dit-digits", budget_flops=budget, strategy="tpe", n_trials=30, seed=0,
+                                     progress=False)
+        schedules[f"tpe at {budget}"] = result.best
+    return schedules
+
+
+def heldout_errors(pipe: Any, schedules: dict[str, Schedule]) -> dict[str, float]:
+    evaluator = Evaluator(pipe, Calibration.default(pipe, num_samples=16, split="heldout"), num_inference_steps=50)
+    return {name: evaluator.evaluate(schedule)["feature_error"].mean for name, schedule in schedules.items()}
+
+
+def timings(pipe: Any, schedules: dict[str, Schedule], repeats: int) -> dict[str, tuple[float, float]]:
+    """Median (whole call, denoising loop) CPU seconds of each schedule, FULL included."""
+    kwargs = {"class_labels": [i % 10 for i in range(IMAGES)], "guidance_scale": 4.0, "num_inference_steps": 50,
+              "generator": torch.Generator().manual_seed(0), "output_type": "pt"}
+    timer = _speed.CallTimer(pipe.transformer, cuda=False)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in schedules}
+    for round_index in range(repeats + 1):
+        for name, schedule in schedules.items():
+            with apply(pipe, schedule):
+                start = time.thread_time()
+                _, loop, _ = timer.run(lambda: pipe(**kwargs))
+                whole = time.thread_time() - start
+            if round_index:
+                runs[name].append((whole, loop))
+            print(f"round {round_index} {name:45s} call {whole:6.2f} s  loop {loop:6.2f} s", flush=True)
+    timer.remove()
+    return {name: (_speed.median([r[0] for r in rs]), _speed.median([r[1] for r in rs])) for name, rs in runs.items()}
+
+
+def report(schedules: dict[str, Schedule], errors: dict[str, float], seconds: dict[str, tuple[float, float]],
+           pipe: Any, command: str, load: str) -> str:
+    full_call, full_loop = seconds["FULL"]
+    fora = errors["FORA 2 (published)"]
+    lines = [
+        "# Searched schedules on the bundled model: measured speed and speed at equal quality",
+        "",
+        f"- Machine: {machine_facts()}; torch {torch.__version__}, 1 thread; load average at the start {load}.",
+        f"- `dit-digits` (12 blocks, 64 tokens), 50 DDIM steps, guidance 4; timed: {IMAGES} images per call "
+        "(batch 16), CPU time, median of the timed rounds after a warm-up round; held-out error: feature_error "
+        "(relative L2 of the final latents) on the 16 held-out samples.",
+        f"- Command: `{command}`",
+        "",
+        f"Full computation: {full_call:.2f} s per call, {full_loop:.2f} s of it the denoising loop.",
+        "",
+        "| schedule | pattern | FLOPs ratio | analytic | measured (call) | measured (loop) | loop / analytic "
+        "| held-out error | vs FORA-2's error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, schedule in schedules.items():
+        ratio = _speed.flops_ratio(pipe, schedule)
+        call, loop = seconds[name]
+        lines.append(f"| {name} | `{schedule}` | {ratio:.3f} | {1 / ratio:.2f}x | {full_call / call:.2f}x "
+                     f"| {full_loop / loop:.2f}x | {full_loop / loop * ratio:.2f} | {errors[name]:.4f} "
+                     f"| {errors[name] / fora:.2f}x |")
+    default = next(name for name in schedules if name.startswith("default"))
+    ratio = _speed.flops_ratio(pipe, schedules[default])
+    efficiency = full_loop / seconds[default][1] * ratio
+    good = [name for name in schedules if name.startswith(("tpe", "default")) and errors[name] <= fora]
+    fastest = max(good, key=lambda name: full_call / seconds[name][0], default=None)
+    lines += ["",
+              f"- Target 1: the default search's best schedule at least 0.85 of its analytic speedup (denoising "
+              f"loop): {efficiency:.2f} {'met' if efficiency >= 0.85 else 'MISSED'}.",
+              ]
+    if fastest is None:
+        lines.append("- Target 2: no searched schedule reached FORA-2's held-out error.")
+    else:
+        speed = full_call / seconds[fastest][0]
+        lines.append(f"- Target 2: the fastest searched schedule with a held-out error no worse than FORA-2's "
+                     f"({fora:.4f}) is `{fastest}` (error {errors[fastest]:.4f}): {speed:.2f}x faster than the "
+                     f"full computation, whole call measured ({full_loop / seconds[fastest][1]:.2f}x the loop): "
+                     f"{'met' if speed >= 3 else 'MISSED'} (target 3x).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    command = f"python benchmarks/bundled_speed.py --repeats {args.repeats}"
+    command += f" --out {args.out}" if args.out else ""
+    schedules = {"FULL": Schedule.full(50), "FORA 2 (published)": FORA_2, **searched()}
+    pipe = zoo.load("dit-digits")
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        errors = heldout_errors(pipe, schedules)
+        seconds = timings(pipe, schedules, args.repeats)
+    text = report(schedules, errors, seconds, pipe, command, load)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
