@@ -238,15 +238,17 @@ def search(
         "seed": seed,
     }
     store = open_store(storage)
-    history = store.bind(config) if store is not None else []
-    if history:
-        summary.append(f"resumed: {len(history)} stored trials are replayed, not re-evaluated")
+    if store is not None:
+        store.bind(config)
+        stored = store.load_trials()
+        if stored:
+            summary.append(f"resumed: {len(stored)} stored trials, none evaluated again")
 
     runner = _make_backend(backend, spec, evaluate, backend_options)
     bar = _progress_bar(n_trials, progress)
     try:
         loop = SearchLoop(proposer, runner, spec.objective_set(), costs, n_trials, store=store,
-                          history=tuple(history), on_result=bar.update_with if bar else None)
+                          on_result=bar.update_with if bar else None)
         trials = loop.run()
         if bar:
             bar.complete()

@@ -49,7 +49,7 @@ def test_every_cell_keeps_its_raw_trials_with_equal_budgets(finished: CompareRes
     assert [(c.strategy, c.seed) for c in finished.cells] == [("random", 0), ("constrained_sampling", 0)]
     for cell in finished.cells:
         folder = cell_dir(finished.out, 0.5, cell.strategy, 0)
-        stored = json.loads((folder / "trials.json").read_text())
+        stored = json.loads((folder / "state.json").read_text())["trials"]
         assert len(stored) == len(cell.result.trials) == 3  # equal evaluation budget for every strategy
         assert cell.result.config["seed"] == 0 and cell.result.config["strategy"] == cell.strategy
         assert cell.result.best_trial.flops_ratio <= 0.5

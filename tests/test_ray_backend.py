@@ -131,9 +131,8 @@ def evaluation_counts(markers: Path) -> dict[tuple[int, ...], int]:
     return counts
 
 
-def run_search(backend, n_trials: int, store=None, history=(), on_result=None):
-    loop = SearchLoop(SeededSampler(seed=3), backend, OBJECTIVES, COSTS, n_trials, store=store,
-                      history=tuple(history), on_result=on_result)
+def run_search(backend, n_trials: int, store=None, on_result=None):
+    loop = SearchLoop(SeededSampler(seed=3), backend, OBJECTIVES, COSTS, n_trials, store=store, on_result=on_result)
     return loop.run()
 
 
@@ -254,7 +253,7 @@ def test_interrupted_search_resumes_without_reevaluating(ray_instance, markers, 
     assert len(stored) == 3
 
     with RayBackend(FakeSpec(str(markers), seconds=0.3), num_workers=2) as backend:
-        resumed = run_search(backend, n_trials=10, store=store, history=store.load_trials())
+        resumed = run_search(backend, n_trials=10, store=store)
     counts = evaluation_counts(markers)
     assert len(resumed) == 10 and len(store.load_trials()) == 10
     assert all(counts[p] == 1 for p in stored)  # nothing stored before the interruption ran again

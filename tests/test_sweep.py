@@ -17,6 +17,7 @@ import procache_opt
 from procache_opt.cli import main
 from procache_opt.result import SearchResult
 from procache_opt.schedule import Schedule
+from procache_opt.state import SearchState
 from procache_opt.storage import DirectoryStore
 from procache_opt.strategy import TrialResult, TrialStatus
 from procache_opt.sweep import StrategyEntry, SweepConfig, run_sweep
@@ -44,8 +45,9 @@ class FakeSearch:
             raise RuntimeError("no trial completed within the budget")
         for i in range(len(done), n_trials):
             pattern = [1, 0, 1, 0] if i % 2 else [1, 1, 0, 0]
-            store.append(TrialResult(i, Schedule.from_pattern(pattern), TrialStatus.COMPLETE, value=seed + i / 10,
-                                     flops_ratio=budget_flops - 0.01, duration_s=0.5))
+            done.append(TrialResult(i, Schedule.from_pattern(pattern), TrialStatus.COMPLETE, value=seed + i / 10,
+                                    flops_ratio=budget_flops - 0.01, duration_s=0.5))
+            store.save_state(SearchState(tuple(done), len(done), next_trial_id=i + 1))
             if self.interrupt and Path(storage).name == self.interrupt and i == 1:
                 raise KeyboardInterrupt
         return SearchResult(store.load_trials(), config={"budget_flops": budget_flops})
