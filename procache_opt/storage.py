@@ -143,7 +143,8 @@ class OptunaStore(TrialStore):
 
         self._optuna = optuna
         self.location = f"storage {url}"
-        check_database_url(url)
+        #: The database file of an SQLite URL (what a search locks), else ``None``.
+        self.sqlite_path = check_database_url(url)
         try:
             self.study = optuna.create_study(storage=url, study_name=study_name, load_if_exists=True)
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors have no common base worth naming here
@@ -199,9 +200,9 @@ def _loads(raw: str, location: str, what: str) -> Any:
         raise CorruptFileError(f"the {what} record in {location} is not valid JSON ({exc})") from None
 
 
-def check_database_url(url: str) -> None:
+def check_database_url(url: str) -> str | None:
     """Refuse, in one line, a URL that SQLAlchemy cannot parse, whose driver is not installed, or whose SQLite
-    file is not a database or lies in a missing folder: before any model is loaded."""
+    file is not a database or lies in a missing folder: before any model is loaded. Returns the SQLite file."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -223,6 +224,8 @@ def check_database_url(url: str) -> None:
         if path.exists() and path.stat().st_size and path.read_bytes()[:16] != b"SQLite format 3\x00":
             raise StorageError(f"--storage {url}: {path} is not an SQLite database; pass a new or an existing "
                                "database file")
+        return str(path)
+    return None
 
 
 def open_store(storage: str | os.PathLike[str] | TrialStore | None) -> TrialStore | None:
