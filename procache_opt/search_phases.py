@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from procache_opt.baselines import best_fora_within
@@ -163,23 +163,28 @@ class Setup:
         forecast: The ``forecast_order`` of every proposal.
         probe: The reuse-sensitivity probe (``DynamicsReport.to_dict()``), if it ran.
         forecast_choice: The forecast-order runs (``ForecastChoice.to_dict()``), if they ran.
-        summary: One human-readable line per measurement.
+        probe_summary: The probe in one line, if it ran.
+        forecast_summary: The forecast choice in one line, if it ran.
     """
 
     monotone: str | None
     forecast: int
     probe: dict[str, Any] | None = None
     forecast_choice: dict[str, Any] | None = None
-    summary: tuple[str, ...] = ()
+    probe_summary: str | None = None
+    forecast_summary: str | None = None
+
+    @property
+    def summary(self) -> list[str]:
+        return [f"{what}: {line}" for what, line in (("probe", self.probe_summary),
+                                                     ("forecast", self.forecast_summary)) if line]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"monotone": self.monotone, "forecast": self.forecast, "probe": self.probe,
-                "forecast_choice": self.forecast_choice, "summary": list(self.summary)}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Setup:
-        return cls(data["monotone"], int(data["forecast"]), data.get("probe"), data.get("forecast_choice"),
-                   tuple(data.get("summary", ())))
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
 def measure(prepared: Prepared, lap: Callable[[str], None] = lambda phase: None) -> Setup:
@@ -190,16 +195,14 @@ def measure(prepared: Prepared, lap: Callable[[str], None] = lambda phase: None)
     each measurement ends (the search's stopwatch).
     """
     config, evaluator = prepared.config, prepared.evaluator
-    monotone, probe, summary = config.monotone, None, []
-    if monotone == "auto":
+    setup = Setup(config.monotone, 0 if config.forecast == "auto" else config.forecast)
+    if config.monotone == "auto":
         error = OBJECTIVES.create("feature_error")
         report = probe_reuse_sensitivity(lambda s: error.score(evaluator.run(s), evaluator.reference()).mean,
                                          config.num_inference_steps)
-        monotone, probe = report.direction, report.to_dict()
-        summary.append(f"probe: {report.summary()}")
+        setup = replace(setup, monotone=report.direction, probe=report.to_dict(), probe_summary=report.summary())
         lap("probe")
-    forecast, choice = config.forecast, None
-    if forecast == "auto":
+    if config.forecast == "auto":
         def loss_of(candidate: Schedule) -> float:
             try:
                 return prepared.objectives.scalarize(prepared.evaluate(candidate))
@@ -207,10 +210,9 @@ def measure(prepared: Prepared, lap: Callable[[str], None] = lambda phase: None)
                 return math.inf
 
         made = choose_forecast_order(loss_of, prepared.fora_start())
-        forecast, choice = made.order, made.to_dict()
-        summary.append(f"forecast: {made.summary()}")
+        setup = replace(setup, forecast=made.order, forecast_choice=made.to_dict(), forecast_summary=made.summary())
         lap("forecast")
-    return Setup(monotone, int(forecast), probe, choice, tuple(summary))
+    return setup
 
 
 def build_space(prepared: Prepared, setup: Setup) -> ScheduleSpace:

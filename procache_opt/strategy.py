@@ -137,6 +137,15 @@ class Strategy(abc.ABC):
         """True once the strategy will never propose again (e.g. an exhausted enumeration)."""
         return False
 
+    @classmethod
+    def options_for_budget(cls, n_trials: int) -> dict[str, Any]:
+        """Options that let this strategy do what it does within ``n_trials`` evaluations (default: none).
+
+        The comparison harness gives every strategy the same evaluation budget; a strategy whose defaults are
+        sized for more evaluations (TPE's start-up trials, a population) scales them here, in its own module.
+        """
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state beyond what replaying the told results restores (default: none)."""
         return {}

@@ -7,14 +7,14 @@ import io
 import json
 import math
 import re
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import procache_opt
 import procache_opt.compare as compare_pkg
-from procache_opt import Schedule
+from procache_opt import Schedule, _search
 from procache_opt.calibration import Calibration
 from procache_opt.compare import ComparisonMismatchError, compare
 from procache_opt.compare import stats as st
@@ -60,7 +60,7 @@ def test_finished_cells_are_not_rerun(finished: CompareResult, monkeypatch: pyte
     def no_search(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished search was run again")
 
-    monkeypatch.setattr(procache_opt, "search", no_search)
+    monkeypatch.setattr(_search, "run_search", no_search)
     again = compare(tiny_dit_pipeline(), budgets=[0.5], strategies=["random", "constrained_sampling"], n_trials=3,
                     seeds=1, out=finished.out, **TINY)
     assert [c.heldout for c in again.cells] == [c.heldout for c in finished.cells]
@@ -239,3 +239,50 @@ def test_latex_parses_back_and_escapes() -> None:
 
 def test_write_table_writes_three_formats(tmp_path: Path) -> None:
     assert sorted(p.name for p in write_table(TABLE, tmp_path)) == ["demo.csv", "demo.md", "demo.tex"]
+
+
+# -- --fresh never deletes what the tool did not write ----------------------------------------------------------
+def _users_folder(path: Path) -> Path:
+    (path / "sub").mkdir(parents=True)
+    (path / "thesis.txt").write_text("three years of work")
+    (path / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    return path
+
+
+def _untouched(path: Path) -> bool:
+    return (path / "thesis.txt").read_text() == "three years of work" and (path / "sub" / "data.csv").exists()
+
+
+def test_fresh_with_a_bad_argument_removes_nothing_and_fails_at_once(tmp_path: Path, capsys) -> None:
+    from procache_opt.cli import main
+
+    folder = _users_folder(tmp_path / "mine")
+    start = time.perf_counter()
+    assert main(["compare", "--fresh", "--out", str(folder), "--strategies", "tpe,bogus"]) == 2
+    assert time.perf_counter() - start < 5
+    assert "--strategies: unknown strategy 'bogus'" in capsys.readouterr().err
+    assert _untouched(folder)
+
+
+def test_fresh_refuses_a_folder_this_tool_did_not_write(tmp_path: Path, capsys) -> None:
+    from procache_opt.cli import main
+
+    folder = _users_folder(tmp_path / "mine")
+    assert main(["compare", "--fresh", "--out", str(folder), "--no-progress", "--trials", "2", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no .procache-opt-compare file" in err and "nothing was removed" in err
+    assert _untouched(folder)
+
+
+def test_fresh_removes_only_what_the_comparison_wrote(finished: CompareResult, tmp_path: Path) -> None:
+    import shutil
+
+    from procache_opt.compare.command import remove_outputs
+
+    copy = tmp_path / "cmp"
+    shutil.copytree(finished.out, copy)
+    _users_folder(copy)
+    (copy / "runs" / "notes.md").write_text("a note inside a folder the tool owns")
+    assert (copy / ".procache-opt-compare").is_file() and (copy / "compare.json").is_file()
+    remove_outputs(copy)
+    assert _untouched(copy) and sorted(p.name for p in copy.iterdir()) == ["sub", "thesis.txt"]
