@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from procache_opt._io import CorruptFileError, atomic_write_json, read_json
+from procache_opt._optional import require
 from procache_opt.schedule import Schedule
 from procache_opt.strategy import TrialResult
 
@@ -125,8 +126,8 @@ class SearchResult:
         return rows
 
     def to_dataframe(self) -> Any:
-        """One row per trial (needs pandas, which Ray Tune installs)."""
-        import pandas as pd
+        """One row per trial (needs pandas: ``pip install pandas``)."""
+        pd = require("pandas", "ray", "SearchResult.to_dataframe")
 
         return pd.DataFrame.from_records(self.to_records())
 

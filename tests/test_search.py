@@ -213,3 +213,18 @@ def test_per_depth_search_proposes_deep_refreshes_within_budget():
     assert result.best_trial.flops_ratio <= 0.6 and "per-depth" in result.summary()
     with pytest.raises(ValueError, match="per_depth: .* needs selective computation on"):
         procache_opt.search(tiny_dit_pipeline(seed=0), per_depth=True, selective=False, **FAST)
+
+
+def test_searched_schedules_carry_the_model_and_warn_on_another(tmp_path):
+    from procache_opt.fingerprint import model_signature
+
+    pipe = tiny_dit_pipeline(seed=0)
+    result = procache_opt.search(pipe, budget_flops=0.5, strategy="random", n_trials=2, monotone=None, forecast=0,
+                                 **FAST)
+    best = result.best
+    assert (best.model_class, best.model_fingerprint) == model_signature(pipe.transformer)
+    saved = procache_opt.Schedule.load(best.save(tmp_path / "schedule.json"))
+    assert saved.model_fingerprint == best.model_fingerprint
+    with pytest.warns(UserWarning, match="searched for another model"), procache_opt.apply(
+            tiny_dit_pipeline(seed=0, num_layers=2), saved):
+        pass

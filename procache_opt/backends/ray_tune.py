@@ -19,9 +19,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ray import tune
-from ray.tune.search import Searcher
-
+from procache_opt._optional import require
 from procache_opt.backends.base import run_evaluation
 from procache_opt.backends.ray_backend import EvaluatorFactory
 from procache_opt.schedule import Schedule
@@ -29,6 +27,9 @@ from procache_opt.scoring import ObjectiveSet
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
 
 __all__ = ["StrategySearcher", "evaluation_trainable"]
+
+tune = require("ray.tune", "ray", "the Ray Tune adapter")
+Searcher = require("ray.tune.search", "ray", "the Ray Tune adapter").Searcher
 
 
 class StrategySearcher(Searcher):
