@@ -286,3 +286,29 @@ def test_fresh_removes_only_what_the_comparison_wrote(finished: CompareResult, t
     assert (copy / ".procache-opt-compare").is_file() and (copy / "compare.json").is_file()
     remove_outputs(copy)
     assert _untouched(copy) and sorted(p.name for p in copy.iterdir()) == ["sub", "thesis.txt"]
+
+
+class _Exploit:
+    """A pickle that runs code when loaded without ``weights_only`` (what a tampered results folder could hold)."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path(__import__('os').environ['PWNED']).write_text('ran')",))
+
+
+def test_saved_images_are_loaded_as_tensors_only(finished: CompareResult, tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+    import pickle
+
+    from procache_opt.compare.baselines import Row
+    from procache_opt.compare.figures import samples
+    from procache_opt.compare.result import image_path
+
+    row = Row(group="0.5", family="FORA", setting="interval=2", measured=object())  # any measured row
+    out = tmp_path / "cmp"
+    image_path(out, "full").parent.mkdir(parents=True)
+    torch.save({"images": _Exploit()}, image_path(out, "full"))
+    torch.save(torch.zeros(1, 3, 4, 4), image_path(out, row.key))
+    monkeypatch.setenv("PWNED", str(tmp_path / "pwned"))
+    with pytest.raises(pickle.UnpicklingError):
+        samples(dataclasses.replace(finished, out=out, rows=[row]), "0.5")
+    assert not (tmp_path / "pwned").exists()
