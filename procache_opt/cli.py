@@ -20,7 +20,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from procache_opt.plugins import UnknownPluginError
 
@@ -29,13 +29,6 @@ __all__ = ["main", "build_parser"]
 
 class CliError(Exception):
     """A bad argument: printed as one line, exit status 2."""
-
-
-def _budget(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"--budget is a fraction of full computation in (0, 1], got {text}")
-    return value
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -48,14 +41,21 @@ def _kv(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (the flag and the fix), not a usage block and then the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="procache-opt", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="procache-opt", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log the search's decisions")
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search a caching schedule within a FLOPs budget")
     s.add_argument("--model", default="dit-digits", help="zoo name or pipeline folder (default: dit-digits)")
-    s.add_argument("--budget", type=_budget, default=0.5, help="FLOPs budget as a fraction (default 0.5)")
+    s.add_argument("--budget", type=float, default=0.5, help="FLOPs budget as a fraction (default 0.5)")
     s.add_argument("--strategy", default="constrained_sampling", help="see `procache-opt strategies`")
     s.add_argument("--objective", default="feature_error", help="objective name(s), comma-separated")
     s.add_argument("--trials", type=int, default=30, help="schedules to evaluate at most (default 30)")

@@ -145,11 +145,15 @@ class OptunaStore(TrialStore):
         self.location = f"storage {url}"
         #: The database file of an SQLite URL (what a search locks), else ``None``.
         self.sqlite_path = check_database_url(url)
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line per search
         try:
             self.study = optuna.create_study(storage=url, study_name=study_name, load_if_exists=True)
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors have no common base worth naming here
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StorageError(f"--storage {url} cannot be opened as an Optuna database ({first})") from None
+        finally:
+            optuna.logging.set_verbosity(level)
         self._stored = len(self._records())
 
     def _records(self) -> list[str]:

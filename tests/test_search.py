@@ -179,9 +179,11 @@ def test_cli_search_writes_schedule_and_report(tmp_path, capsys):
 def test_cli_reports_bad_input_without_traceback(capsys):
     assert main(["search", "--model", "no/such/folder", "--no-progress"]) == 2
     assert "error: --model: 'no/such/folder' is neither" in capsys.readouterr().err
+    assert main(["search", "--budget", "2"]) == 2
+    assert "--budget: must be a fraction of full computation in (0, 1], got 2.0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["search", "--budget", "2"])
-    assert "--budget is a fraction" in capsys.readouterr().err
+        main(["search", "--trials", "many"])
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_cli_lists_plugins(capsys):
