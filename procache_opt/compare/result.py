@@ -1,17 +1,17 @@
 """What a comparison produced, read back from its output folder: settings, every search, every baseline row.
 
-Everything lives in files (``compare.json``, ``runs/<budget>/<strategy>/seed<k>/{trials,result,cell}.json``,
+Everything lives in files (``compare.json``, ``runs/<budget>/<strategy>/seed<k>/{state,result,cell}.json``,
 ``baselines.json``, ``setup.json``), so a :class:`CompareResult` is the same whether the comparison ran just
 now, was resumed, or ran on another machine.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from procache_opt._io import read_json
 from procache_opt.compare.baselines import Row
 from procache_opt.compare.plan import MARKER, WRITTEN, CompareConfig
 from procache_opt.result import SearchResult
@@ -52,7 +52,7 @@ class Cell:
 
     @classmethod
     def load(cls, folder: Path) -> Cell:
-        meta = json.loads((folder / "cell.json").read_text())
+        meta = read_json(folder / "cell.json", "comparison cell file")
         return cls(meta["budget"], meta["strategy"], meta["seed"], SearchResult.load(folder / "result.json"),
                    dict(meta["heldout"]), meta["wall_s"])
 
@@ -81,11 +81,11 @@ class CompareResult:
     @classmethod
     def load(cls, out: str | Path) -> CompareResult:
         out = Path(out)
-        config = CompareConfig.from_dict(json.loads((out / "compare.json").read_text()))
+        config = CompareConfig.from_dict(read_json(out / "compare.json", "comparison settings file"))
         cells = [Cell.load(f.parent) for f in sorted((out / "runs").glob("*/*/seed*/cell.json"))]
         rows_file, setup_file = out / "baselines.json", out / "setup.json"
-        rows = [Row.from_dict(d) for d in json.loads(rows_file.read_text()).values()] if rows_file.exists() else []
-        setup = json.loads(setup_file.read_text()) if setup_file.exists() else {}
+        rows = [Row.from_dict(d) for d in read_json(rows_file, "baselines file").values()] if rows_file.exists() else []
+        setup = read_json(setup_file, "comparison set-up file") if setup_file.exists() else {}
         # Only the cells the settings ask for: a folder may hold more seeds from a longer run (``seeds`` may shrink).
         order = {(b, s): i for i, (b, s) in enumerate((b, s) for b in config.budgets for s in config.strategies)}
         cells = [c for c in cells if (c.budget, c.strategy) in order and c.seed < config.seeds]
