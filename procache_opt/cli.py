@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from procache_opt.plugins import UnknownPluginError
+from procache_opt.search_config import SearchConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -54,24 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search a caching schedule within a FLOPs budget")
-    s.add_argument("--model", default="dit-digits", help="zoo name or pipeline folder (default: dit-digits)")
-    s.add_argument("--budget", type=float, default=0.5, help="FLOPs budget as a fraction (default 0.5)")
-    s.add_argument("--strategy", default="constrained_sampling", help="see `procache-opt strategies`")
-    s.add_argument("--objective", default="feature_error", help="objective name(s), comma-separated")
-    s.add_argument("--trials", type=int, default=30, help="schedules to evaluate at most (default 30)")
-    s.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    d = SearchConfig()  # the defaults are the config's, listed once
+    s.add_argument("--model", default=d.model, help="zoo name or pipeline folder (default: %(default)s)")
+    s.add_argument("--budget", type=float, default=d.budget_flops,
+                   help="FLOPs budget as a fraction (default %(default)s)")
+    s.add_argument("--strategy", default=d.strategy, help="see `procache-opt strategies` (default: %(default)s)")
+    s.add_argument("--objective", default=",".join(d.objectives), help="objective name(s), comma-separated")
+    s.add_argument("--trials", type=int, default=d.n_trials, help="schedules to evaluate at most (default %(default)s)")
+    s.add_argument("--steps", type=int, default=d.num_inference_steps, help="denoising steps (default %(default)s)")
     s.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    s.add_argument("--samples", type=int, default=8, help="calibration samples (default 8)")
-    s.add_argument("--heldout", type=int, default=16, help="held-out samples for the final check (0: skip)")
+    s.add_argument("--samples", type=int, default=d.calibration, help="calibration samples (default %(default)s)")
+    s.add_argument("--heldout", type=int, default=d.heldout,
+                   help="held-out samples for the final check (0: skip; default %(default)s)")
     s.add_argument("--monotone", default="auto", choices=["auto", "decreasing", "increasing", "none"])
     s.add_argument("--no-selective", action="store_true", help="no selective computation (FORA-style reuse only)")
     s.add_argument("--per-depth", action="store_true",
                    help="per-depth space: deep blocks recompute in full where selective computation would go")
-    s.add_argument("--depth-split", type=float, default=0.5, help="share of blocks in the shallow group")
+    s.add_argument("--depth-split", type=float, default=d.depth_split, help="share of blocks in the shallow group")
     s.add_argument("--forecast", default="auto", choices=["auto", "0", "1"],
                    help="reused outputs: 0 as cached (FORA, ProCache), 1 first-order forecast (TaylorSeer), auto: "
                         "try both on the FORA start point and keep the better")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("--backend", default="local", choices=["local", "ray"])
     s.add_argument("--workers", type=int, default=None, help="Ray workers (backend ray)")
     s.add_argument("--address", default=None, help="Ray cluster address (backend ray)")
@@ -127,7 +131,7 @@ _FLAGS = {"model": "--model", "budget_flops": "--budget", "strategy": "--strateg
 
 def _search_config(args: argparse.Namespace) -> Any:
     """The :class:`~procache_opt.search_config.SearchConfig` the flags describe, validated without torch."""
-    from procache_opt.search_config import ConfigError, SearchConfig
+    from procache_opt.search_config import ConfigError
 
     try:
         config = SearchConfig(
