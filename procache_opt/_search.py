@@ -118,9 +118,9 @@ def _run(config: SearchConfig, model: Any, store: TrialStore | None, progress: b
     watch = _Stopwatch()
     pipe = load_pipeline(model, device=config.device, dtype=_torch_dtype(config.dtype))
     prepared = prepare(config, pipe, worker_model_spec(model))
-    watch.lap("setup")
     stored = store.bind(prepared.identity()) if store is not None else {}
     check_reference(prepared.evaluator, prepared.config)
+    watch.lap("setup")
     setup = Setup.from_dict(stored) if stored else measure(prepared, watch.lap)
     if store is not None and not stored:
         store.save_setup(setup.to_dict())

@@ -26,12 +26,13 @@ class SearchConfigMismatchError(ValueError):
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested mappings as one level of dotted keys (``{"model": {"weights": h}}`` -> ``{"model.weights": h}``).
 
-    Values are normalised through JSON first, so a tuple and the list it is stored as compare equal.
+    Values are normalised through JSON first, so a tuple and the list it is stored as compare equal; an empty
+    mapping adds no key, so ``{}`` and an absent setting compare equal.
     """
     out: dict[str, Any] = {}
     for key, value in json.loads(json.dumps(mapping)).items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):
             out.update(flatten(value, f"{name}."))
         else:
             out[name] = value

@@ -60,7 +60,8 @@ class SearchResult:
         heldout: Scores on the held-out calibration set of the schedules in :data:`HELDOUT_SCHEDULES` (each
             with its pattern and FLOPs ratio), plus what the search measured to set itself up (``"probe"``:
             the interval-order probe, ``"forecast"``: the forecast-order choice).
-        seconds: Wall-clock seconds of each phase of the search (``"setup"``: model, costs and evaluator;
+        seconds: Wall-clock seconds of each phase of the search (``"setup"``: model, costs, evaluator and the
+            full-computation reference;
             ``"probe"``, ``"forecast"``: the choices made before searching; ``"trials"``; ``"heldout"``).
         heldout_images: The held-out check's decoded images of the full computation (``"full"``) and of the best
             schedule (``"best"``), in memory only (never saved): ``before_after.png`` is drawn from them.

@@ -144,3 +144,7 @@ def test_a_second_search_into_the_same_folder_is_refused(capsys, tmp_path):
         holder.kill()
         holder.wait()
     assert not (out / "trials").exists()
+    from procache_opt._lock import hold
+
+    with hold(out):  # the killed holder left no stale lock behind
+        pass

@@ -30,17 +30,18 @@ def _count_evaluations(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize(("change", "differs"), [
-    ({"pipe_seed": 1}, "model.weights"),  # same architecture and config, other weights
-    ({"objective_options": {"feature_error": {"norm": "l1"}}}, "objective_options.feature_error.norm"),
-    ({"dtype": torch.bfloat16}, "model.dtype"),
-    ({"guidance_scale": 2.0}, "guidance_scale"),
+    ({"pipe_seed": 1}, r"model.weights \("),  # same architecture and config, other weights
+    ({"objective_options": {"feature_error": {"norm": "l1"}}},
+     r'objective_options.feature_error.norm \(unset -> "l1"\)\)'),
+    ({"dtype": torch.bfloat16}, r'model.dtype \("float32" -> "bfloat16"\)'),
+    ({"guidance_scale": 2.0}, r"guidance_scale \(4.0 -> 2.0\)"),
 ])
 def test_resuming_another_search_is_refused_naming_what_differs(tmp_path, monkeypatch, change, differs):
     procache_opt.search(tiny_dit_pipeline(seed=0), storage=str(tmp_path), **FAST)
     calls = _count_evaluations(monkeypatch)
     change = dict(change)
     pipe = tiny_dit_pipeline(seed=change.pop("pipe_seed", 0))
-    with pytest.raises(SearchConfigMismatchError, match=f"differs in: .*{differs} \\(") as info:
+    with pytest.raises(SearchConfigMismatchError, match=f"differs in: .*{differs}") as info:
         procache_opt.search(pipe, storage=str(tmp_path), **{**FAST, **change})
     assert not calls, "a trial was evaluated before the mismatch was found"
     assert str(tmp_path) in str(info.value)
@@ -76,7 +77,14 @@ def test_models_are_type_checked_before_being_called():
         procache_opt.search(Module(2, 2), **FAST)
     with pytest.raises(UnsupportedModelTypeError, match="returned int, not a DiTPipeline"):
         procache_opt.search(lambda: 3, **FAST)
+    with pytest.raises(UnsupportedModelTypeError, match="got a bare DiTTransformer2DModel; wrap it"):
+        procache_opt.search(tiny_dit_pipeline(seed=0).transformer, **FAST)
     assert not called
+
+
+def test_the_ray_backend_needs_a_model_it_can_ship():
+    with pytest.raises(ConfigError, match="backend: 'ray' ships the model to workers by name"):
+        procache_opt.search(tiny_dit_pipeline(seed=0), backend="ray", **FAST)
 
 
 def test_unsupported_pipelines_are_named_and_never_run():
