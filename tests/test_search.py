@@ -230,3 +230,31 @@ def test_searched_schedules_carry_the_model_and_warn_on_another(tmp_path):
     with pytest.warns(UserWarning, match="searched for another model"), procache_opt.apply(
             tiny_dit_pipeline(seed=0, num_layers=2), saved):
         pass
+
+
+def test_the_phases_run_alone():
+    from procache_opt.models import IN_PROCESS
+    from procache_opt.search_config import SearchConfig
+    from procache_opt.search_phases import Setup, build_space, build_strategy, measure, prepare
+
+    pipe = tiny_dit_pipeline(seed=0)
+    prepared = prepare(SearchConfig(num_inference_steps=10, calibration=2, monotone=None, forecast=1), pipe,
+                       IN_PROCESS)
+    assert prepared.config.guidance_scale == 4.0 and len(prepared.config.calibration) == 2  # defaults filled in
+    assert set(prepared.identity()["model"]) == {"class", "fingerprint", "weights", "dtype", "device"}
+    assert measure(prepared) == Setup(None, 1)  # nothing to measure: nothing is run
+    space = build_space(prepared, Setup(None, 1))
+    first = build_strategy(prepared, space, Setup(None, 1)).ask(1)[0]
+    assert first == procache_opt.Schedule.from_dict({**prepared.fora_start().to_dict(), "forecast_order": 1})
+
+
+def test_the_objective_set_is_built_once_per_search(monkeypatch):
+    from procache_opt.objective import OBJECTIVES
+
+    created = []
+    original = OBJECTIVES.create
+    monkeypatch.setattr(OBJECTIVES, "create", lambda name, **kw: created.append(name) or original(name, **kw))
+    procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=3, monotone=None,
+                        forecast="auto", **{**FAST, "heldout": 2})
+    # one feature_error for the forecast choice, the trials and the held-out check; psnr and latency for the latter
+    assert sorted(created) == ["feature_error", "latency", "psnr"]
