@@ -22,7 +22,7 @@ from procache_opt._lock import hold
 from procache_opt.backends.base import Backend
 from procache_opt.backends.local import LocalBackend
 from procache_opt.engine import SearchLoop
-from procache_opt.models import IN_PROCESS, load_pipeline, model_label, worker_model_spec
+from procache_opt.models import load_pipeline, model_label, worker_model_spec
 from procache_opt.result import SearchResult
 from procache_opt.search_config import SearchConfig
 from procache_opt.search_phases import (
@@ -173,12 +173,11 @@ def _torch_dtype(name: str | None) -> Any:
 
 
 def _make_backend(prepared: Prepared) -> Backend:
+    """Local evaluation with the search's memoised evaluator, or Ray workers that each build their own from the
+    spec (``SearchConfig.validate`` has refused a pipeline object, which cannot be shipped)."""
     config = prepared.config
     if config.backend == "local":
         return LocalBackend(prepared.evaluate)
-    if prepared.spec.model == IN_PROCESS:
-        raise ValueError("backend='ray' ships the model to workers by name: pass a zoo name, a pipeline folder or a "
-                         "picklable factory as `model`, not a pipeline object")
     from procache_opt.backends.ray_backend import RayBackend
 
     return RayBackend(prepared.spec, **dict(config.backend_options))

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from procache_opt._io import CorruptFileError
 from procache_opt.backends.base import Backend, EvalOutcome
 from procache_opt.costs import StepCosts
 from procache_opt.schedule import Schedule
@@ -87,7 +88,13 @@ class SearchLoop:
         if state.told:
             self.strategy.tell(self._trials[:state.told])
         if state.strategy:
-            self.strategy.load_state_dict(dict(state.strategy))
+            try:
+                self.strategy.load_state_dict(dict(state.strategy))
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                where = self.store.location if self.store is not None else "the stored state"
+                raise CorruptFileError(
+                    f"{where}: the stored state of strategy {type(self.strategy).__name__} cannot be restored "
+                    f"({type(exc).__name__}: {exc}); use a new storage location") from None
         self._told = state.told
         for trial_id, schedule in state.in_flight:
             self.backend.submit(trial_id, schedule)

@@ -176,3 +176,14 @@ def test_a_nan_objective_value_is_a_failed_trial_and_files_stay_json(tmp_path) -
     assert [t["status"] for t in strict["trials"]][0] == "failed"
     result.save(tmp_path / "result.json")
     json.loads((tmp_path / "result.json").read_text(), parse_constant=lambda n: pytest.fail(n))
+
+
+def test_a_strategy_state_that_does_not_fit_is_one_line_naming_the_store(tmp_path) -> None:
+    from procache_opt._io import CorruptFileError
+
+    _search("tpe", OutOfOrderBackend(1), DirectoryStore(tmp_path), n_trials=3)
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["strategy"]["inner"] = {"history": "not a history"}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CorruptFileError, match=f"{tmp_path}: the stored state of strategy Enqueued cannot be "):
+        _search("tpe", OutOfOrderBackend(1), DirectoryStore(tmp_path), n_trials=5)
