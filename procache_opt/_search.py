@@ -106,6 +106,10 @@ def run_search(config: SearchConfig, model: Any = None, *, storage: str | os.Pat
 
     Everything is validated before the model is loaded (names, options, numbers, the model reference, the
     storage location), and the storage folder is locked for the duration of the search.
+
+    Example:
+        >>> config = procache_opt.SearchConfig(model="dit-digits", budget_flops=0.35, strategy="tpe")  # doctest: +SKIP
+        >>> result = procache_opt.run_search(config, storage="runs/tpe-0.35")  # doctest: +SKIP
     """
     config.validate(model, strategy=strategy is None)
     store = open_store(storage)
