@@ -250,7 +250,8 @@ def test_interrupted_search_resumes_without_reevaluating(ray_instance, markers, 
     with pytest.raises(KeyboardInterrupt), RayBackend(FakeSpec(str(markers), seconds=0.3), num_workers=2) as b:
         run_search(b, n_trials=10, store=store, on_result=interrupt_after_three)
     stored = {t.schedule.pattern for t in DirectoryStore(tmp_path / "search").load_trials()}
-    assert len(stored) == 3
+    # Every result announced was stored first; results that arrived in the same wait are stored with it.
+    assert {t.schedule.pattern for t in seen} <= stored and 3 <= len(stored) <= 4
 
     with RayBackend(FakeSpec(str(markers), seconds=0.3), num_workers=2) as backend:
         resumed = run_search(backend, n_trials=10, store=store)
