@@ -32,7 +32,9 @@ class LPIPSWeightsUnavailableError(RuntimeError):
 
 
 def _load_lpips(net: str, random_backbone: bool) -> torch.nn.Module:
-    import lpips
+    from procache_opt._optional import require
+
+    lpips = require("lpips", "lpips", "the lpips objective")
 
     url = _BACKBONE_URLS[net]
     try:

@@ -15,6 +15,7 @@ from typing import Any
 from procache_opt.costs import StepCosts
 from procache_opt.objective import Objective, RunOutputs, Score
 from procache_opt.schedule import Action, Schedule, ScheduleMismatchError, SelectiveConfig
+from procache_opt.search_config import SearchConfig
 from procache_opt.space import ScheduleSpace
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
 
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 #: share a name with a function here: importing it would rebind the package attribute to the module.
 _LAZY = {
     "search": "procache_opt._search",
+    "run_search": "procache_opt._search",
     "SearchResult": "procache_opt.result",
     "apply": "procache_opt.runtime",
     "count_flops": "procache_opt.flops",
@@ -44,6 +46,7 @@ __all__ = [
     "ScheduleMismatchError",
     "ScheduleSpace",
     "Score",
+    "SearchConfig",
     "SearchResult",
     "SelectiveConfig",
     "StepCosts",
@@ -54,6 +57,7 @@ __all__ = [
     "apply",
     "compare",
     "count_flops",
+    "run_search",
     "search",
     "step_costs",
     "zoo",

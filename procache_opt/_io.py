@@ -1,4 +1,9 @@
-"""Small file helpers shared by every module that persists state."""
+"""Small file helpers shared by every module that persists or reads state.
+
+Writes are atomic and get the permissions any other file the user creates would get (``0644`` under the
+usual umask ``022``), and JSON is strict: ``NaN`` and ``Infinity`` are not JSON, so writing them is a bug
+caught here, and reading them is refused. Reads name the file and say what is wrong with it, in one line.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "atomic_write_json"]
+__all__ = ["CorruptFileError", "atomic_write_text", "atomic_write_json", "read_json", "read_text"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+#: What ``open(path, "w")`` would give a new file: ``mkstemp`` makes it ``0600``, which hides results from the
+#: colleagues a user shares a results folder with.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+class CorruptFileError(ValueError):
+    """A file procache-opt reads is missing, unreadable or does not hold what it should; the message names it."""
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -23,6 +43,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -31,4 +52,41 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+    """Write ``data`` as strict JSON (a non-finite float raises ``ValueError`` instead of writing ``NaN``)."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
+
+
+def read_text(path: str | os.PathLike[str], what: str) -> str:
+    """The text of ``path``; a missing, unreadable or non-text file raises :class:`CorruptFileError` naming it.
+
+    ``what`` says what the file should be (``"schedule file"``), so the message reads as one sentence.
+    """
+    path = Path(path)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise CorruptFileError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CorruptFileError(f"{what} {path} is a folder; pass the file itself") from None
+    except UnicodeDecodeError:
+        raise CorruptFileError(f"{what} {path} is not a text file") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """The JSON value in ``path``; anything but a readable file of strict JSON raises :class:`CorruptFileError`."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                               f"{exc.colno})") from None
+    except ValueError as exc:
+        raise CorruptFileError(f"{what} {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CorruptFileError(f"{what} {path} is nested too deeply to be a {what}") from None

@@ -6,10 +6,12 @@ best FORA schedule within a budget is the one with the most full steps whose cou
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from procache_opt.costs import StepCosts
 from procache_opt.schedule import Action, Schedule
 
-__all__ = ["fora", "best_fora_within"]
+__all__ = ["fora", "best_fora_within", "shortest_interval_within"]
 
 
 def fora(num_steps: int, interval: int, selective: bool = False, forecast_order: int = 0,
@@ -27,14 +29,23 @@ def fora(num_steps: int, interval: int, selective: bool = False, forecast_order:
     return schedule.inject_selective(injected) if selective else schedule
 
 
+def shortest_interval_within(make: Callable[[int], Schedule], costs: StepCosts, budget: float) -> Schedule:
+    """``make(interval)`` for the shortest interval whose counted FLOPs ratio is at most ``budget``.
+
+    The one search over uniform intervals that FORA, FORA with selective computation and the ToCa-style
+    baseline all use; ``ValueError`` (naming the cheapest ratio) if even one FULL step is over the budget.
+    """
+    for interval in range(1, costs.num_steps + 1):
+        schedule = make(interval)
+        if costs.ratio(schedule) <= budget:
+            return schedule
+    raise ValueError(f"no uniform schedule fits a FLOPs budget of {budget:.3f}; the cheapest (one full step) costs "
+                     f"{costs.ratio(make(costs.num_steps)):.3f}")
+
+
 def best_fora_within(costs: StepCosts, budget: float, selective: bool = False, forecast_order: int = 0,
                      injected: Action = Action.SELECTIVE, depth_split: float = 0.5) -> Schedule:
     """The FORA schedule with the shortest interval whose counted FLOPs ratio is at most ``budget``."""
-    for interval in range(1, costs.num_steps + 1):
-        schedule = fora(costs.num_steps, interval, selective, forecast_order, injected, depth_split)
-        if costs.ratio(schedule) <= budget:
-            return schedule
-    smallest = costs.ratio(fora(costs.num_steps, costs.num_steps, selective, 0, injected, depth_split))
-    raise ValueError(
-        f"no FORA schedule fits a FLOPs budget of {budget:.3f}; the cheapest (one full step) costs {smallest:.3f}"
-    )
+    return shortest_interval_within(
+        lambda interval: fora(costs.num_steps, interval, selective, forecast_order, injected, depth_split), costs,
+        budget)

@@ -13,25 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from procache_opt.plugins import UnknownPluginError
+from procache_opt.search_config import SearchConfig
 
 __all__ = ["main", "build_parser"]
 
 
 class CliError(Exception):
     """A bad argument: printed as one line, exit status 2."""
-
-
-def _budget(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"--budget is a fraction of full computation in (0, 1], got {text}")
-    return value
 
 
 def _kv(text: str) -> tuple[str, Any]:
@@ -44,30 +42,40 @@ def _kv(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (the flag and the fix), not a usage block and then the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="procache-opt", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="procache-opt", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log the search's decisions")
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="search a caching schedule within a FLOPs budget")
-    s.add_argument("--model", default="dit-digits", help="zoo name or pipeline folder (default: dit-digits)")
-    s.add_argument("--budget", type=_budget, default=0.5, help="FLOPs budget as a fraction (default 0.5)")
-    s.add_argument("--strategy", default="constrained_sampling", help="see `procache-opt strategies`")
-    s.add_argument("--objective", default="feature_error", help="objective name(s), comma-separated")
-    s.add_argument("--trials", type=int, default=30, help="schedules to evaluate at most (default 30)")
-    s.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    d = SearchConfig()  # the defaults are the config's, listed once
+    s.add_argument("--model", default=d.model, help="zoo name or pipeline folder (default: %(default)s)")
+    s.add_argument("--budget", type=float, default=d.budget_flops,
+                   help="FLOPs budget as a fraction (default %(default)s)")
+    s.add_argument("--strategy", default=d.strategy, help="see `procache-opt strategies` (default: %(default)s)")
+    s.add_argument("--objective", default=",".join(d.objectives), help="objective name(s), comma-separated")
+    s.add_argument("--trials", type=int, default=d.n_trials, help="schedules to evaluate at most (default %(default)s)")
+    s.add_argument("--steps", type=int, default=d.num_inference_steps, help="denoising steps (default %(default)s)")
     s.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    s.add_argument("--samples", type=int, default=8, help="calibration samples (default 8)")
-    s.add_argument("--heldout", type=int, default=16, help="held-out samples for the final check (0: skip)")
+    s.add_argument("--samples", type=int, default=d.calibration, help="calibration samples (default %(default)s)")
+    s.add_argument("--heldout", type=int, default=d.heldout,
+                   help="held-out samples for the final check (0: skip; default %(default)s)")
     s.add_argument("--monotone", default="auto", choices=["auto", "decreasing", "increasing", "none"])
     s.add_argument("--no-selective", action="store_true", help="no selective computation (FORA-style reuse only)")
     s.add_argument("--per-depth", action="store_true",
                    help="per-depth space: deep blocks recompute in full where selective computation would go")
-    s.add_argument("--depth-split", type=float, default=0.5, help="share of blocks in the shallow group")
+    s.add_argument("--depth-split", type=float, default=d.depth_split, help="share of blocks in the shallow group")
     s.add_argument("--forecast", default="auto", choices=["auto", "0", "1"],
                    help="reused outputs: 0 as cached (FORA, ProCache), 1 first-order forecast (TaylorSeer), auto: "
                         "try both on the FORA start point and keep the better")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("--backend", default="local", choices=["local", "ray"])
     s.add_argument("--workers", type=int, default=None, help="Ray workers (backend ray)")
     s.add_argument("--address", default=None, help="Ray cluster address (backend ray)")
@@ -112,52 +120,91 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: SearchConfig fields by the flag that sets them: an error about a field names the flag the user typed.
+_FLAGS = {"model": "--model", "budget_flops": "--budget", "strategy": "--strategy", "strategy_options": "--option",
+          "objectives": "--objective", "objective": "--objective", "n_trials": "--trials",
+          "num_inference_steps": "--steps", "guidance_scale": "--guidance", "calibration": "--samples",
+          "heldout": "--heldout", "monotone": "--monotone", "forecast": "--forecast", "per_depth": "--per-depth",
+          "depth_split": "--depth-split", "seed": "--seed", "backend": "--backend",
+          "backend_options": "--workers/--address", "multi_objective": "--strategy"}
+
+
+def _search_config(args: argparse.Namespace) -> Any:
+    """The :class:`~procache_opt.search_config.SearchConfig` the flags describe, validated without torch."""
+    from procache_opt.search_config import ConfigError
+
+    try:
+        config = SearchConfig(
+            model=args.model, budget_flops=args.budget, strategy=args.strategy, objectives=args.objective,
+            n_trials=args.trials, num_inference_steps=args.steps, guidance_scale=args.guidance,
+            calibration=args.samples, heldout=args.heldout or None, selective=not args.no_selective,
+            monotone=None if args.monotone == "none" else args.monotone,
+            forecast=args.forecast if args.forecast == "auto" else int(args.forecast), per_depth=args.per_depth,
+            depth_split=args.depth_split, seed=args.seed, backend=args.backend, strategy_options=dict(args.option),
+            backend_options={k: v for k, v in (("num_workers", args.workers), ("address", args.address))
+                             if v is not None},
+        )
+        config.validate()
+    except ConfigError as exc:
+        raise CliError(f"{_FLAGS.get(exc.field, exc.field)}: {exc.message}") from None
+    return config
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """``path`` is, or can become, a folder this user writes to (checked before any work, not after it)."""
+    if path.exists() and not path.is_dir():
+        raise CliError(f"{flag} {path} is a file; pass a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"{flag} {path} cannot be written ({existing} is not a writable folder); pass a folder you can "
+                       "write to")
+
+
 def _cmd_search(args: argparse.Namespace) -> None:
-    import procache_opt
-    from procache_opt.reporting import write_search_outputs
+    from procache_opt._lock import hold
+    from procache_opt.storage import open_store
 
     out = Path(args.out)
-    backend_options = {k: v for k, v in (("num_workers", args.workers), ("address", args.address)) if v is not None}
-    if args.backend == "local" and backend_options:
-        raise CliError("--workers and --address need --backend ray")
-    result = procache_opt.search(
-        args.model,
-        budget_flops=args.budget,
-        strategy=args.strategy,
-        objective=[o.strip() for o in args.objective.split(",") if o.strip()],
-        n_trials=args.trials,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        calibration=args.samples,
-        heldout=args.heldout or None,
-        selective=not args.no_selective,
-        monotone=None if args.monotone == "none" else args.monotone,
-        forecast=args.forecast if args.forecast == "auto" else int(args.forecast),
-        per_depth=args.per_depth,
-        depth_split=args.depth_split,
-        seed=args.seed,
-        backend=args.backend,
-        backend_options=backend_options or None,
-        storage=args.storage or str(out / "trials"),
-        progress=not args.no_progress,
-        **dict(args.option),
-    )
-    print(write_search_outputs(result, args.model, out))
+    config = _search_config(args)
+    _check_writable(out, "--out")
+    storage = args.storage or str(out / "trials")
+    with hold(out, "--out"):
+        open_store(storage)  # a bad folder or database URL is refused now, not after loading the model
+        from procache_opt._search import run_search
+        from procache_opt.reporting import write_search_outputs
+
+        result = run_search(config, storage=storage, progress=not args.no_progress)
+        print(write_search_outputs(result, args.model, out))
+
+
+def _labels(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CliError(f"--labels {text!r}: expected class labels as comma-separated integers, e.g. 0,1,2") from None
 
 
 def _cmd_apply(args: argparse.Namespace) -> None:
-    from procache_opt.reporting import generate_grid
     from procache_opt.schedule import Schedule
 
     schedule = Schedule.load(args.schedule)
-    labels = [int(x) for x in args.labels.split(",") if x.strip()]
+    labels = _labels(args.labels)
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        raise CliError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    _check_writable(Path(args.out).parent, "--out")
+    from procache_opt.reporting import generate_grid
+
     path = generate_grid(args.model, schedule, labels, args.guidance, args.seed, Path(args.out))
     print(f"wrote {path}")
 
 
 def _cmd_flops(args: argparse.Namespace) -> None:
-    from procache_opt.flops import PRESETS, count_flops
     from procache_opt.schedule import Schedule
+
+    schedule = Schedule.load(args.schedule) if args.schedule else None  # a bad file is refused before any load
+    if args.steps < 1:
+        raise CliError(f"--steps must be >= 1, got {args.steps}")
+    from procache_opt.flops import PRESETS, count_flops
 
     if args.model in PRESETS:
         target: Any = PRESETS[args.model]
@@ -165,7 +212,6 @@ def _cmd_flops(args: argparse.Namespace) -> None:
         from procache_opt.models import load_pipeline
 
         target = load_pipeline(args.model).transformer
-    schedule = Schedule.load(args.schedule) if args.schedule else None
     print(count_flops(target, schedule=schedule, num_inference_steps=args.steps, guidance=not args.no_guidance))
 
 
@@ -191,14 +237,37 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     print(summary_markdown(run_sweep(args.config, address=args.address, out=args.out)))
 
 
+#: Exceptions that are the user's to fix (a setting, a file, a folder, a model that cannot be searched): one line,
+#: exit status 2. Anything else is a bug and keeps its traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from procache_opt._lock import FolderInUseError
+    from procache_opt.result import NoCompletedTrialError
+
+    return (CliError, ValueError, TypeError, UnknownPluginError, OSError, FolderInUseError, NoCompletedTrialError)
+
+
+#: Sub-commands that resume when run again with the same arguments.
+_RESUMABLE = ("search", "sweep", "compare")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         args.func(args)
-    except (CliError, ValueError, TypeError, UnknownPluginError, FileNotFoundError) as exc:
-        print(f"procache-opt {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        again = shlex.join(["procache-opt", *argv])
+        hint = f"every finished trial is stored; resume with: {again}" if args.command in _RESUMABLE else (
+            "nothing was written")
+        print(f"procache-opt {args.command}: interrupted; {hint}", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        if args.verbose:
+            traceback.print_exc()
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"procache-opt {args.command}: error: {text}", file=sys.stderr)
         return 2
     return 0
 

@@ -64,7 +64,7 @@ class DynamicsReport:
             "probe_steps": list(self.probe_steps),
             "reuse_error": list(self.reuse_error),
             "direction": self.direction,
-            "early_late_ratio": self.early_late_ratio,
+            "early_late_ratio": self.early_late_ratio if math.isfinite(self.early_late_ratio) else None,
         }
 
 
@@ -125,7 +125,9 @@ class ForecastChoice:
         return f"loss of {self.pattern}: {parts} -> forecast_order={self.order}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pattern": self.pattern, "losses": {str(k): v for k, v in self.losses.items()}, "order": self.order}
+        """JSON: a diverged run's infinite loss is ``None`` (infinity is not JSON)."""
+        losses = {str(k): v if math.isfinite(v) else None for k, v in self.losses.items()}
+        return {"pattern": self.pattern, "losses": losses, "order": self.order}
 
 
 def choose_forecast_order(loss_of: Callable[[Schedule], float], schedule: Schedule,

@@ -19,10 +19,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["config_fingerprint", "model_signature"]
+__all__ = ["config_fingerprint", "model_signature", "weights_fingerprint", "WEIGHT_SAMPLES"]
 
 FINGERPRINT_LENGTH = 16
 """Hex digits kept from the sha256 digest: 64 bits, ample to tell model configs apart."""
+
+WEIGHT_SAMPLES = 4096
+"""Values read from each tensor by :func:`weights_fingerprint`: evenly spaced, every value of smaller tensors."""
 
 
 def config_fingerprint(config: Mapping[str, Any]) -> str:
@@ -50,3 +53,25 @@ def model_signature(model: Any) -> tuple[str, str]:
             f"model_signature needs a diffusers model with a `config` mapping; got {type(model).__name__}"
         )
     return type(model).__name__, config_fingerprint(config)
+
+
+def weights_fingerprint(modules: Mapping[str, Any]) -> str:
+    """Short sha256 of the weights of named torch modules (a pipeline's transformer, VAE, text encoder).
+
+    What a search's scores depend on beyond the architecture: a fine-tune of the same config scores other losses,
+    so a stored search may not be resumed with it. Each tensor contributes its name, shape, dtype and up to
+    :data:`WEIGHT_SAMPLES` evenly spaced values (all of them in smaller tensors): fine-tuning changes nearly every
+    weight, and a few thousand reads per tensor take milliseconds where reading every weight of a multi-GB model
+    would take seconds. The values are read as float64, which holds fp16, bf16 and fp32 exactly.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for prefix, module in sorted(modules.items()):
+        for name, tensor in sorted(module.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            if flat.numel() > WEIGHT_SAMPLES:
+                flat = flat[torch.linspace(0, flat.numel() - 1, WEIGHT_SAMPLES, device=flat.device).long()]
+            digest.update(f"{prefix}.{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            digest.update(flat.to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()[:FINGERPRINT_LENGTH]

@@ -68,15 +68,25 @@ class PluginRegistry(Generic[T]):
             )
         return eps[name].load()
 
+    def check_kwargs(self, name: str, kwargs: Any, reserved: tuple[str, ...] = ()) -> None:
+        """Raise ``TypeError`` if ``name`` does not accept every keyword in ``kwargs`` (before building anything).
+
+        ``reserved`` are arguments the caller passes itself (a strategy's ``space`` and ``seed``): a user may
+        not set them as options.
+        """
+        params = inspect.signature(self.get(name)).parameters
+        taken = sorted(set(kwargs) & set(reserved))
+        if taken:
+            raise TypeError(f"{self.kind} {name!r}: {taken} are set by procache-opt itself, not as options")
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            accepted = sorted(n for n, p in params.items()
+                              if p.kind is not inspect.Parameter.VAR_POSITIONAL and n not in reserved)
+            raise TypeError(f"{self.kind} {name!r} got unexpected keyword arguments {unknown}; it accepts {accepted}")
+
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         """Instantiate ``name``; keyword arguments the plugin does not accept raise ``TypeError``."""
-        cls = self.get(name)
-        params = inspect.signature(cls).parameters
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            unknown = sorted(set(kwargs) - set(params))
-            if unknown:
-                accepted = sorted(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
-                raise TypeError(
-                    f"{self.kind} {name!r} got unexpected keyword arguments {unknown}; it accepts {accepted}"
-                )
-        return cls(*args, **kwargs)
+        self.check_kwargs(name, kwargs)
+        return self.get(name)(*args, **kwargs)

@@ -81,9 +81,14 @@ def generate_grid(model: Any, schedule: Schedule, labels: list[int], guidance: f
     import torch
 
     from procache_opt.models import load_pipeline
+    from procache_opt.pipelines import adapter_for
     from procache_opt.runtime import apply
 
     pipe = load_pipeline(model)
+    try:
+        adapter_for(pipe).validate(pipe, labels)  # an untrained or missing class row is refused, not drawn
+    except ValueError as exc:
+        raise ValueError(f"--labels: {exc}") from None
     generator = torch.Generator().manual_seed(seed)
     with apply(pipe, schedule):
         images = pipe(class_labels=labels, num_inference_steps=schedule.num_steps, guidance_scale=guidance,

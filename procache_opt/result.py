@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from procache_opt._io import atomic_write_json
+from procache_opt._io import CorruptFileError, atomic_write_json, read_json
+from procache_opt._optional import require
 from procache_opt.schedule import Schedule
 from procache_opt.strategy import TrialResult
 
-__all__ = ["HELDOUT_SCHEDULES", "SearchResult", "block_share", "pareto_front"]
+__all__ = ["HELDOUT_SCHEDULES", "NoCompletedTrialError", "SearchResult", "block_share", "pareto_front"]
 
 #: Schedules a search scores on held-out samples, as keys of ``SearchResult.heldout``: the best one, FORA as
 #: published, and (when the search forecasts reused outputs) the same FORA steps with the search's forecast.
 HELDOUT_SCHEDULES = ("best", "fora_baseline", "uniform_baseline")
+
+
+class NoCompletedTrialError(RuntimeError):
+    """Every trial failed or exceeded the budget: there is no best schedule (the trials say why)."""
 
 
 def pareto_front(trials: list[TrialResult], quality: str = "value") -> list[TrialResult]:
@@ -56,7 +60,8 @@ class SearchResult:
         heldout: Scores on the held-out calibration set of the schedules in :data:`HELDOUT_SCHEDULES` (each
             with its pattern and FLOPs ratio), plus what the search measured to set itself up (``"probe"``:
             the interval-order probe, ``"forecast"``: the forecast-order choice).
-        seconds: Wall-clock seconds of each phase of the search (``"setup"``: model, costs and evaluator;
+        seconds: Wall-clock seconds of each phase of the search (``"setup"``: model, costs, evaluator and the
+            full-computation reference;
             ``"probe"``, ``"forecast"``: the choices made before searching; ``"trials"``; ``"heldout"``).
         heldout_images: The held-out check's decoded images of the full computation (``"full"``) and of the best
             schedule (``"best"``), in memory only (never saved): ``before_after.png`` is drawn from them.
@@ -79,17 +84,20 @@ class SearchResult:
         feasible = [t for t in self.completed if budget is None or (t.flops_ratio or 0.0) <= budget + 1e-12]
         if not feasible:
             failed = [t.error for t in self.trials if not t.ok][:3]
-            raise RuntimeError(f"no trial completed within the budget; first errors: {failed}")
+            raise NoCompletedTrialError(f"no trial completed within the budget ({len(self.trials)} trials); first "
+                                        f"errors: {failed}")
         return min(feasible, key=lambda t: (t.value, t.trial_id))
 
     @property
     def best(self) -> Schedule:
-        """The best schedule within the budget, with its scores in ``metadata``."""
+        """The best schedule within the budget, with its scores in ``metadata`` and the searched model's class and
+        config fingerprint (so applying it to another model warns)."""
         t = self.best_trial
-        return Schedule.from_dict({
-            **t.schedule.to_dict(),
-            "metadata": {"trial_id": t.trial_id, "value": t.value, "values": t.values, "flops_ratio": t.flops_ratio},
-        })
+        model = self.config.get("model")
+        model = model if isinstance(model, dict) else {}
+        return replace(t.schedule, metadata={"trial_id": t.trial_id, "value": t.value, "values": t.values,
+                                             "flops_ratio": t.flops_ratio}).with_model(model.get("class"),
+                                                                                       model.get("fingerprint"))
 
     @property
     def pareto(self) -> list[TrialResult]:
@@ -119,8 +127,8 @@ class SearchResult:
         return rows
 
     def to_dataframe(self) -> Any:
-        """One row per trial (needs pandas, which Ray Tune installs)."""
-        import pandas as pd
+        """One row per trial (needs pandas: ``pip install pandas``)."""
+        pd = require("pandas", "ray", "SearchResult.to_dataframe")
 
         return pd.DataFrame.from_records(self.to_records())
 
@@ -159,14 +167,18 @@ class SearchResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SearchResult:
-        data = json.loads(Path(path).read_text())
-        return cls(
-            trials=[TrialResult.from_dict(d) for d in data["trials"]],
-            config=data.get("config", {}),
-            summary_lines=list(data.get("summary_lines", [])),
-            heldout=dict(data.get("heldout", {})),
-            seconds=dict(data.get("seconds", {})),
-        )
+        """Read a saved result; a malformed file raises :class:`~procache_opt._io.CorruptFileError` naming it."""
+        data = read_json(path, "result file")
+        try:
+            return cls(
+                trials=[TrialResult.from_dict(d) for d in data["trials"]],
+                config=dict(data.get("config", {})),
+                summary_lines=list(data.get("summary_lines", [])),
+                heldout=dict(data.get("heldout", {})),
+                seconds=dict(data.get("seconds", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptFileError(f"result file {path} is corrupt ({type(exc).__name__}: {exc})") from None
 
     def plot(self, path: str | os.PathLike[str] | None = None) -> Any:
         """Convergence (best loss so far by trial) and the best schedule, as one matplotlib figure."""

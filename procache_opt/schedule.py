@@ -30,14 +30,15 @@ from __future__ import annotations
 import enum
 import json
 import math
+import operator
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from procache_opt._io import atomic_write_text
+from procache_opt._io import CorruptFileError, atomic_write_text, read_json
 
 __all__ = ["Action", "Schedule", "SelectiveConfig", "ScheduleMismatchError", "FORMAT_VERSION", "FORECAST_ORDERS",
            "split_layer"]
@@ -65,12 +66,30 @@ _GROUP_ACTIONS = {
     Action.SHALLOW: (Action.FULL, Action.REUSE),
 }
 
+def _is_int(value: Any) -> bool:
+    """An integer that JSON wrote as one (``True`` and ``1.0`` are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _typed(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    """``data[key]`` if present and of ``kind`` (bools are not numbers), else ``default`` if absent."""
+    if key not in data:
+        return default
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ValueError(f"the schedule's {key!r} must be {names.replace('dict', 'an object')}, got {value!r}"[:300])
+    return value
+
+
 class ScheduleMismatchError(ValueError):
     """A schedule was applied to a model or step count it was not made for."""
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (low <= value <= high):
+    integral = isinstance(low, int) and isinstance(high, int)
+    kind = int if integral else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not (low <= value <= high):
         raise ValueError(f"SelectiveConfig.{name}={value!r} is out of range; allowed: {low} <= {name} <= {high}")
 
 
@@ -155,7 +174,9 @@ class SelectiveConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SelectiveConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> SelectiveConfig:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"SelectiveConfig settings are a mapping of field names to values, got {data!r}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             known = sorted(cls.__dataclass_fields__)
@@ -205,8 +226,8 @@ class Schedule:
 
     def __post_init__(self) -> None:
         try:
-            actions = tuple(Action(int(a)) for a in self.actions)
-        except ValueError as exc:
+            actions = tuple(Action(operator.index(a)) for a in self.actions)  # index(): 1.9 is not step 1
+        except (TypeError, ValueError) as exc:
             raise ValueError(
                 f"invalid schedule entry ({exc}); each step must be 0 (REUSE), 1 (FULL), 2 (SELECTIVE), 3 (DEEP: "
                 "deep blocks compute) or 4 (SHALLOW: shallow blocks compute)"
@@ -217,7 +238,7 @@ class Schedule:
             raise ValueError(
                 f"the first step of a schedule must be FULL (1): there is no cache to reuse yet; got {int(actions[0])}"
             )
-        if self.forecast_order not in FORECAST_ORDERS:
+        if not _is_int(self.forecast_order) or self.forecast_order not in FORECAST_ORDERS:
             raise ValueError(f"forecast_order={self.forecast_order!r}; allowed: {FORECAST_ORDERS} (0: reuse as cached, "
                              "1: first-order forecast from the last two FULL steps)")
         if not 0 < self.depth_split < 1:
@@ -336,26 +357,42 @@ class Schedule:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+    def from_dict(cls, data: Any) -> Schedule:
+        """Read :meth:`to_dict`'s output back, refusing anything it could not have written.
+
+        Nothing is coerced: a pattern of ``1.9`` is not a FULL step and a ``forecast_order`` of ``1.5`` is not
+        order 1, so wrong values are errors that name the key, not schedules that differ from the file.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a schedule is a JSON object with a 'pattern', got {type(data).__name__}")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"unsupported schedule format_version {version!r}; this procache-opt reads {FORMAT_VERSION}"
             )
+        if "pattern" not in data:
+            raise ValueError("the schedule has no 'pattern' (one action digit per step, e.g. [1, 0, 2, 1])")
         pattern = data["pattern"]
-        if len(pattern) != data.get("num_steps", len(pattern)):
+        if not isinstance(pattern, list) or not all(_is_int(a) for a in pattern):
+            raise ValueError(f"the schedule's 'pattern' must be a list of integer action digits, got {pattern!r}"[:300])
+        if "num_steps" in data and (not _is_int(data["num_steps"]) or data["num_steps"] != len(pattern)):
             raise ValueError(
-                f"corrupt schedule: num_steps={data['num_steps']} but the pattern has {len(pattern)} steps"
+                f"corrupt schedule: num_steps={data['num_steps']!r} but the pattern has {len(pattern)} steps"
             )
-        model = data.get("model") or {}
+        model = _typed(data, "model", dict, {}) or {}
+        for key in ("class", "fingerprint"):
+            if model.get(key) is not None and not isinstance(model[key], str):
+                raise ValueError(f"the schedule's model.{key} must be a string or null, got {model[key]!r}")
+        forecast_order = _typed(data, "forecast_order", int, 0)
+        depth_split = _typed(data, "depth_split", (int, float), 0.5)
         return cls.from_pattern(
             pattern,
-            selective=SelectiveConfig.from_dict(data.get("selective", {})),
-            forecast_order=int(data.get("forecast_order", 0)),
-            depth_split=float(data.get("depth_split", 0.5)),
+            selective=SelectiveConfig.from_dict(_typed(data, "selective", dict, {})),
+            forecast_order=forecast_order,
+            depth_split=float(depth_split),
             model_class=model.get("class"),
             model_fingerprint=model.get("fingerprint"),
-            metadata=dict(data.get("metadata", {})),
+            metadata=dict(_typed(data, "metadata", dict, {})),
         )
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -371,4 +408,9 @@ class Schedule:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Schedule:
-        return cls.from_json(Path(path).read_text())
+        """Read a schedule file; a malformed one raises ``ValueError`` naming the file and what is wrong."""
+        data = read_json(path, "schedule file")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise CorruptFileError(f"schedule file {path}: {exc}") from None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from procache_opt.objective import OBJECTIVES, Objective, Score
+from procache_opt.search_config import objective_weights
 
 __all__ = ["ObjectiveSet"]
 
@@ -31,18 +32,13 @@ class ObjectiveSet:
     def from_spec(cls, spec: str | Sequence[str] | Mapping[str, float],
                   options: Mapping[str, Mapping[str, Any]] | None = None) -> ObjectiveSet:
         """Instantiate registered objectives; ``options[name]`` holds keyword arguments for one of them."""
-        if isinstance(spec, str):
-            spec = {spec: 1.0}
-        elif not isinstance(spec, Mapping):
-            spec = dict.fromkeys(spec, 1.0)
-        if not spec:
-            raise ValueError("at least one objective is needed, e.g. objective='feature_error'")
+        weights = objective_weights(spec)
         options = options or {}
-        unknown_opts = set(options) - set(spec)
+        unknown_opts = set(options) - set(weights)
         if unknown_opts:
             raise ValueError(f"objective_options names objectives not in use: {sorted(unknown_opts)}")
-        objs = tuple(OBJECTIVES.create(name, **dict(options.get(name, {}))) for name in spec)
-        return cls(objs, tuple(float(w) for w in spec.values()))
+        objs = tuple(OBJECTIVES.create(name, **dict(options.get(name, {}))) for name in weights)
+        return cls(objs, tuple(weights.values()))
 
     @property
     def names(self) -> tuple[str, ...]:

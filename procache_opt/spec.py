@@ -54,8 +54,12 @@ class EvaluationSpec:
     def objective_set(self) -> ObjectiveSet:
         return ObjectiveSet.from_spec(dict(self.objectives), self.objective_options)
 
-    def build_evaluator(self, pipe: Any = None, **options: Any) -> Evaluator:
-        """Load the model (unless ``pipe`` is given) and wrap it in an evaluator (``options``: its other arguments)."""
+    def build_evaluator(self, pipe: Any = None, objectives: ObjectiveSet | None = None, **options: Any) -> Evaluator:
+        """Load the model (unless ``pipe`` is given) and wrap it in an evaluator (``options``: its other arguments).
+
+        ``objectives`` are the instances to score with; by default they are built from :attr:`objectives` (a Ray
+        worker builds its own once). A search passes its one set, so LPIPS loads its network once per search.
+        """
         import torch
 
         from procache_opt.evaluate import Evaluator
@@ -76,7 +80,7 @@ class EvaluationSpec:
             self.calibration,
             num_inference_steps=self.num_inference_steps,
             guidance_scale=self.guidance_scale,
-            objectives=self.objective_set().objectives,
+            objectives=(objectives or self.objective_set()).objectives,
             costs=costs,
             cache_dir=self.cache_dir,
             **options,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from procache_opt.space import ScheduleSpace
 
 __all__ = ["Strategy", "TrialResult", "TrialStatus", "STRATEGIES"]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class TrialStatus(str, enum.Enum):
@@ -57,7 +62,8 @@ class TrialResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == TrialStatus.COMPLETE and self.value is not None
+        """Completed with a finite loss: the only trials that can be best (a NaN loss must never win a ``min``)."""
+        return self.status == TrialStatus.COMPLETE and self.value is not None and math.isfinite(self.value)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,17 +79,29 @@ class TrialResult:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
+        """Read :meth:`to_dict`'s output; a missing or mistyped entry raises ``ValueError`` naming it."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a trial is a JSON object, got {type(data).__name__}")
+        values = data.get("values", {})
+        if not isinstance(values, Mapping) or not all(_is_number(v) for v in values.values()):
+            raise ValueError(f"trial {data.get('trial_id')!r}: 'values' must map names to numbers, got {values!r}")
+        for key in ("value", "flops_ratio"):
+            if data.get(key) is not None and not _is_number(data[key]):
+                raise ValueError(f"trial {data.get('trial_id')!r}: {key!r} must be a number, got {data[key]!r}")
+        trial_id = data.get("trial_id")
+        if isinstance(trial_id, bool) or not isinstance(trial_id, int) or "schedule" not in data:
+            raise ValueError(f"a trial needs an integer 'trial_id' and a 'schedule', got trial_id={trial_id!r}")
         return cls(
-            trial_id=int(data["trial_id"]),
+            trial_id=trial_id,
             schedule=Schedule.from_dict(data["schedule"]),
-            status=TrialStatus(data["status"]),
+            status=TrialStatus(data.get("status")),
             value=data.get("value"),
-            values=dict(data.get("values", {})),
+            values=dict(values),
             flops_ratio=data.get("flops_ratio"),
-            error=data.get("error"),
-            duration_s=float(data.get("duration_s", 0.0)),
-            extra=dict(data.get("extra", {})),
+            error=None if data.get("error") is None else str(data["error"]),
+            duration_s=float(data.get("duration_s", 0.0)) if _is_number(data.get("duration_s", 0.0)) else 0.0,
+            extra=dict(data.get("extra", {})) if isinstance(data.get("extra", {}), Mapping) else {},
         )
 
 
@@ -118,6 +136,15 @@ class Strategy(abc.ABC):
     def is_finished(self) -> bool:
         """True once the strategy will never propose again (e.g. an exhausted enumeration)."""
         return False
+
+    @classmethod
+    def options_for_budget(cls, n_trials: int) -> dict[str, Any]:
+        """Options that let this strategy do what it does within ``n_trials`` evaluations (default: none).
+
+        The comparison harness gives every strategy the same evaluation budget; a strategy whose defaults are
+        sized for more evaluations (TPE's start-up trials, a population) scales them here, in its own module.
+        """
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state beyond what replaying the told results restores (default: none)."""

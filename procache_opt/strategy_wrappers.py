@@ -43,7 +43,9 @@ class Enqueued(Strategy):
         return not self._queue and self.inner.is_finished
 
     def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
+        """The inner strategy's state and how many enqueued schedules are still to be proposed."""
+        return {"inner": self.inner.state_dict(), "queued": len(self._queue)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
+        self.inner.load_state_dict(state["inner"])
+        self._queue = self._queue[len(self._queue) - int(state["queued"]):] if state["queued"] else []

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import itertools
 import logging
@@ -31,16 +30,17 @@ from typing import Any
 
 import yaml
 
-from procache_opt._io import atomic_write_text
+from procache_opt._io import CorruptFileError, atomic_write_text, read_text
 from procache_opt.result import HELDOUT_SCHEDULES, SearchResult
+from procache_opt.search_config import ConfigError, SearchConfig, objective_weights
 
 __all__ = ["SweepConfig", "SweepCell", "StrategyEntry", "run_sweep", "run_cell", "summary_markdown"]
 
 logger = logging.getLogger("procache_opt.sweep")
 
-#: search() arguments a sweep sets itself, per cell or from a top-level key; the `search:` section may not.
-_SET_BY_SWEEP = ("model", "budget_flops", "strategy", "objective", "n_trials", "seed", "storage", "backend",
-                 "backend_options", "progress")
+#: SearchConfig fields a sweep sets itself, per cell or from a top-level key; the `search:` section may not.
+_SET_BY_SWEEP = ("model", "budget_flops", "strategy", "strategy_options", "objectives", "n_trials", "seed",
+                 "backend", "backend_options")
 
 
 def _as_tuple(key: str, value: Any) -> tuple[Any, ...]:
@@ -49,6 +49,15 @@ def _as_tuple(key: str, value: Any) -> tuple[Any, ...]:
     if not values:
         raise ValueError(f"sweep config: `{key}` is empty; give at least one value")
     return values
+
+
+def _numbers(key: str, value: Any, kind: type) -> tuple[Any, ...]:
+    values = _as_tuple(key, value)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or v == int(v))
+               for v in values):
+        raise ValueError(f"sweep config: `{key}` must be {'numbers' if kind is float else 'integers'}, got "
+                         f"{list(values)}")
+    return tuple(kind(v) for v in values)
 
 
 def _slug(text: str) -> str:
@@ -85,13 +94,12 @@ class StrategyEntry:
 
 def _parse_objective(entry: Any) -> dict[str, float]:
     """``feature_error``, ``[lpips, latency]`` (equal weights) or ``{feature_error: 1, latency: 0.1}``."""
-    if isinstance(entry, str):
-        return {entry: 1.0}
-    if isinstance(entry, (list, tuple)) and entry and all(isinstance(e, str) for e in entry):
-        return dict.fromkeys(entry, 1.0)
-    if isinstance(entry, Mapping) and entry:
-        return {str(k): float(v) for k, v in entry.items()}
-    raise ValueError(f"sweep config: an objective is a name, a list of names or {{name: weight}}, got {entry!r}")
+    if not isinstance(entry, (str, list, tuple, Mapping)):
+        raise ValueError(f"sweep config: an objective is a name, a list of names or {{name: weight}}, got {entry!r}")
+    try:
+        return objective_weights(entry)
+    except ConfigError as exc:
+        raise ValueError(f"sweep config: objectives: {exc.message}") from None
 
 
 def _objective_label(objective: Mapping[str, float]) -> str:
@@ -114,6 +122,13 @@ class SweepCell:
         model = Path(self.model).name if os.sep in self.model else self.model
         parts = (model, f"b{self.budget:g}", self.strategy.label, _objective_label(self.objective), f"s{self.seed}")
         return "__".join(_slug(p) for p in parts)
+
+    def search_config(self, sweep: SweepConfig) -> SearchConfig:
+        """The cell's search: the sweep's `search:` settings with the cell's axes."""
+        return SearchConfig(**dict(sweep.search), model=self.model, budget_flops=self.budget,
+                            strategy=self.strategy.name, strategy_options=dict(self.strategy.options),
+                            objectives=dict(self.objective), n_trials=sweep.n_trials, seed=self.seed,
+                            backend=sweep.backend, backend_options=dict(sweep.backend_options))
 
     def axes(self) -> dict[str, Any]:
         return {"cell": self.name, "model": self.model, "budget": self.budget, "strategy": self.strategy.label,
@@ -161,17 +176,15 @@ class SweepConfig:
         if clash := sorted(set(self.search) & set(_SET_BY_SWEEP)):
             raise ValueError(f"sweep config: set {clash} as top-level sweep keys (models, budgets, strategies, "
                              "objectives, seeds, n_trials, backend, backend_options), not under `search`")
-        from procache_opt._search import search as search_fn
-
-        known = {n for n, p in inspect.signature(search_fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
-        if unknown := sorted(set(self.search) - known):
-            raise ValueError(f"sweep config: unknown `search` option(s) {unknown}; allowed: {sorted(known)}")
-        if self.backend == "ray":  # checked here, not as the same TypeError in every cell
-            from procache_opt.backends.ray_backend import RayBackend
-
-            known = set(inspect.signature(RayBackend).parameters) - {"spec"}
-            if unknown := sorted(set(self.backend_options) - known):
-                raise ValueError(f"sweep config: unknown backend_options {unknown}; allowed: {sorted(known)}")
+        known = sorted(f.name for f in fields(SearchConfig) if f.name not in _SET_BY_SWEEP)
+        if unknown := sorted(set(self.search) - set(known)):
+            raise ValueError(f"sweep config: unknown `search` option(s) {unknown}; allowed: {known}")
+        for cell in self.cells():  # every cell's search is checked now, not as the same error in every cell
+            try:
+                cell.search_config(self).check_plugins()  # model folders are checked when the sweep runs
+            except ConfigError as exc:
+                key = exc.field if exc.field in _SET_BY_SWEEP else f"search.{exc.field}"
+                raise ValueError(f"sweep config: {key} (cell {cell.name}): {exc.message}") from None
         names = [c.name for c in self.cells()]
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"sweep config: cells share a name {dupes}; give strategies distinct `label`s")
@@ -186,14 +199,14 @@ class SweepConfig:
                 raise ValueError(f"sweep config: `{required}` is required")
         kwargs: dict[str, Any] = dict(data)
         kwargs["models"] = tuple(str(m) for m in _as_tuple("models", data["models"]))
-        kwargs["budgets"] = tuple(float(b) for b in _as_tuple("budgets", data["budgets"]))
+        kwargs["budgets"] = _numbers("budgets", data["budgets"], float)
         if "strategies" in data:
             kwargs["strategies"] = tuple(StrategyEntry.parse(s) for s in _as_tuple("strategies", data["strategies"]))
         if "objectives" in data:
             entries = data["objectives"] if isinstance(data["objectives"], list) else [data["objectives"]]
             kwargs["objectives"] = tuple(_parse_objective(o) for o in _as_tuple("objectives", entries))
         if "seeds" in data:
-            kwargs["seeds"] = tuple(int(s) for s in _as_tuple("seeds", data["seeds"]))
+            kwargs["seeds"] = _numbers("seeds", data["seeds"], int)
         for key in ("backend_options", "search"):
             if not isinstance(kwargs.get(key, {}), Mapping):
                 raise ValueError(f"sweep config: `{key}` must be a mapping, got {kwargs[key]!r}")
@@ -201,10 +214,21 @@ class SweepConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SweepConfig:
-        data = yaml.safe_load(Path(path).read_text())
+        """Read a sweep file; any error names the file (and the key)."""
+        try:
+            data = yaml.safe_load(read_text(path, "sweep config"))
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise CorruptFileError(f"sweep config {path} is not valid YAML ({problem}{line}); plain YAML only, no "
+                                   "Python tags") from None
         if not isinstance(data, Mapping):
             raise ValueError(f"sweep config {path}: expected a YAML mapping of keys, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("sweep config:", f"sweep config {path}:", 1)) from None
 
     def cells(self) -> list[SweepCell]:
         grid = itertools.product(self.models, self.budgets, self.strategies, self.objectives, self.seeds)
@@ -214,22 +238,22 @@ class SweepConfig:
 def run_cell(cell: SweepCell, config: SweepConfig, out: Path) -> dict[str, Any]:
     """Run (or resume, or skip if finished) one cell's search; return its summary row.
 
-    A failed search does not stop the sweep: its row says why, and the next run of the sweep tries it again.
+    A failed search does not stop the sweep: its row says why, and the next run of the sweep tries it again. A
+    finished cell whose ``result.json`` cannot be read is named and run again from its stored trials.
     """
-    import procache_opt
+    from procache_opt import _search
 
     folder = out / cell.name
     done = folder / "result.json"
     if done.exists():
-        logger.info("%s: finished earlier, not rerun", cell.name)
-        return _row(cell, SearchResult.load(done))
+        try:
+            result = SearchResult.load(done)
+            logger.info("%s: finished earlier, not rerun", cell.name)
+            return _row(cell, result)
+        except CorruptFileError as exc:
+            logger.warning("cell %s: %s; running the cell again from its stored trials", cell.name, exc)
     try:
-        result = procache_opt.search(
-            cell.model, budget_flops=cell.budget, strategy=cell.strategy.name, objective=dict(cell.objective),
-            n_trials=config.n_trials, seed=cell.seed, storage=str(folder), backend=config.backend,
-            backend_options=dict(config.backend_options) or None, progress=False,
-            **dict(config.search), **dict(cell.strategy.options),
-        )
+        result = _search.run_search(cell.search_config(config), storage=str(folder), progress=False)
     except Exception as exc:  # noqa: BLE001 - one failed cell is reported; the other cells still run
         logger.exception("%s: search failed", cell.name)
         return {**cell.axes(), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
@@ -300,6 +324,11 @@ def run_sweep(config: str | os.PathLike[str] | Mapping[str, Any] | SweepConfig, 
     if address is not None and config.backend != "ray":
         logger.info("address=%r given: running the sweep on Ray", address)
         config = replace(config, backend="ray")
+    for model in config.models:  # a missing model folder is an error now, not a failed row per cell
+        try:
+            SearchConfig(model=model).check_model_reference()
+        except ConfigError as exc:
+            raise ValueError(f"sweep config: models: {exc.message}") from None
     folder = Path(out if out is not None else config.out)
     folder.mkdir(parents=True, exist_ok=True)
     started_ray = False

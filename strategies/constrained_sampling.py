@@ -65,6 +65,11 @@ class ConstrainedSampling(Strategy):
         self._history = ProposalHistory(self.rng)
         self._fell_back = False
 
+    @classmethod
+    def options_for_budget(cls, n_trials: int) -> dict[str, Any]:
+        """As many candidates as the other strategies evaluate (the paper's K is 5)."""
+        return {"num_candidates": n_trials}
+
     def ask(self, n: int = 1) -> list[Schedule]:
         proposals = []
         while len(proposals) < n and not self.is_finished:

@@ -93,6 +93,12 @@ class EvolutionaryStrategy(Strategy):
         self._parents: list[Schedule] = []
         self._fitness: list[tuple[float, ...]] = []
 
+    @classmethod
+    def options_for_budget(cls, n_trials: int) -> dict[str, Any]:
+        """The default population of 16 is sized for 30+ evaluations; with fewer the strategy would never
+        breed, so the population is a quarter of the budget."""
+        return {"population_size": max(4, n_trials // 4)}
+
     def ask(self, n: int = 1) -> list[Schedule]:
         out: list[Schedule] = []
         for _ in range(n):

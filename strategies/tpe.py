@@ -111,6 +111,12 @@ class TPEStrategy(Strategy):
         self._fallback = UniformFallback(space, self._history, self.name)
         self._restore([], {}, {})
 
+    @classmethod
+    def options_for_budget(cls, n_trials: int) -> dict[str, Any]:
+        """The default 10 random start-up trials are sized for 30+ evaluations; with fewer TPE would hardly
+        model, so it starts modelling after a third of the budget."""
+        return {"n_startup_trials": max(2, n_trials // 3)}
+
     def _restore(self, trials: list[FrozenTrial], outcomes: dict[Pattern, Outcome],
                  pending: dict[Pattern, list[int]]) -> None:
         """A fresh in-memory study holding ``trials`` (numbered in order) and the strategy's bookkeeping."""

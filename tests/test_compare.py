@@ -7,14 +7,14 @@ import io
 import json
 import math
 import re
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import procache_opt
 import procache_opt.compare as compare_pkg
-from procache_opt import Schedule
+from procache_opt import Schedule, _search
 from procache_opt.calibration import Calibration
 from procache_opt.compare import ComparisonMismatchError, compare
 from procache_opt.compare import stats as st
@@ -49,7 +49,7 @@ def test_every_cell_keeps_its_raw_trials_with_equal_budgets(finished: CompareRes
     assert [(c.strategy, c.seed) for c in finished.cells] == [("random", 0), ("constrained_sampling", 0)]
     for cell in finished.cells:
         folder = cell_dir(finished.out, 0.5, cell.strategy, 0)
-        stored = json.loads((folder / "trials.json").read_text())
+        stored = json.loads((folder / "state.json").read_text())["trials"]
         assert len(stored) == len(cell.result.trials) == 3  # equal evaluation budget for every strategy
         assert cell.result.config["seed"] == 0 and cell.result.config["strategy"] == cell.strategy
         assert cell.result.best_trial.flops_ratio <= 0.5
@@ -60,7 +60,7 @@ def test_finished_cells_are_not_rerun(finished: CompareResult, monkeypatch: pyte
     def no_search(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished search was run again")
 
-    monkeypatch.setattr(procache_opt, "search", no_search)
+    monkeypatch.setattr(_search, "run_search", no_search)
     again = compare(tiny_dit_pipeline(), budgets=[0.5], strategies=["random", "constrained_sampling"], n_trials=3,
                     seeds=1, out=finished.out, **TINY)
     assert [c.heldout for c in again.cells] == [c.heldout for c in finished.cells]
@@ -239,3 +239,76 @@ def test_latex_parses_back_and_escapes() -> None:
 
 def test_write_table_writes_three_formats(tmp_path: Path) -> None:
     assert sorted(p.name for p in write_table(TABLE, tmp_path)) == ["demo.csv", "demo.md", "demo.tex"]
+
+
+# -- --fresh never deletes what the tool did not write ----------------------------------------------------------
+def _users_folder(path: Path) -> Path:
+    (path / "sub").mkdir(parents=True)
+    (path / "thesis.txt").write_text("three years of work")
+    (path / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    return path
+
+
+def _untouched(path: Path) -> bool:
+    return (path / "thesis.txt").read_text() == "three years of work" and (path / "sub" / "data.csv").exists()
+
+
+def test_fresh_with_a_bad_argument_removes_nothing_and_fails_at_once(tmp_path: Path, capsys) -> None:
+    from procache_opt.cli import main
+
+    folder = _users_folder(tmp_path / "mine")
+    start = time.perf_counter()
+    assert main(["compare", "--fresh", "--out", str(folder), "--strategies", "tpe,bogus"]) == 2
+    assert time.perf_counter() - start < 5
+    assert "--strategies: unknown strategy 'bogus'" in capsys.readouterr().err
+    assert _untouched(folder)
+
+
+def test_fresh_refuses_a_folder_this_tool_did_not_write(tmp_path: Path, capsys) -> None:
+    from procache_opt.cli import main
+
+    folder = _users_folder(tmp_path / "mine")
+    assert main(["compare", "--fresh", "--out", str(folder), "--no-progress", "--trials", "2", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no .procache-opt-compare file" in err and "nothing was removed" in err
+    assert _untouched(folder)
+
+
+def test_fresh_removes_only_what_the_comparison_wrote(finished: CompareResult, tmp_path: Path) -> None:
+    import shutil
+
+    from procache_opt.compare.command import remove_outputs
+
+    copy = tmp_path / "cmp"
+    shutil.copytree(finished.out, copy)
+    _users_folder(copy)
+    (copy / "runs" / "notes.md").write_text("a note inside a folder the tool owns")
+    assert (copy / ".procache-opt-compare").is_file() and (copy / "compare.json").is_file()
+    remove_outputs(copy)
+    assert _untouched(copy) and sorted(p.name for p in copy.iterdir()) == ["sub", "thesis.txt"]
+
+
+class _Exploit:
+    """A pickle that runs code when loaded without ``weights_only`` (what a tampered results folder could hold)."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path(__import__('os').environ['PWNED']).write_text('ran')",))
+
+
+def test_saved_images_are_loaded_as_tensors_only(finished: CompareResult, tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+    import pickle
+
+    from procache_opt.compare.baselines import Row
+    from procache_opt.compare.figures import samples
+    from procache_opt.compare.result import image_path
+
+    row = Row(group="0.5", family="FORA", setting="interval=2", measured=object())  # any measured row
+    out = tmp_path / "cmp"
+    image_path(out, "full").parent.mkdir(parents=True)
+    torch.save({"images": _Exploit()}, image_path(out, "full"))
+    torch.save(torch.zeros(1, 3, 4, 4), image_path(out, row.key))
+    monkeypatch.setenv("PWNED", str(tmp_path / "pwned"))
+    with pytest.raises(pickle.UnpicklingError):
+        samples(dataclasses.replace(finished, out=out, rows=[row]), "0.5")
+    assert not (tmp_path / "pwned").exists()

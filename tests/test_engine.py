@@ -54,10 +54,9 @@ def _evaluate_counting(calls):
     return evaluate
 
 
-def _loop(strategy, calls, store=None, history=(), n_trials=10):
+def _loop(strategy, calls, store=None, n_trials=10):
     objectives = ObjectiveSet((_Loss(),), (1.0,))
-    return SearchLoop(strategy, LocalBackend(_evaluate_counting(calls)), objectives, COSTS, n_trials,
-                      store=store, history=tuple(history))
+    return SearchLoop(strategy, LocalBackend(_evaluate_counting(calls)), objectives, COSTS, n_trials, store=store)
 
 
 def test_loop_scores_records_failures_and_skips_repeats():
@@ -84,14 +83,16 @@ def test_resume_from_directory_redoes_nothing(tmp_path):
     config = {"space": "toy", "seed": 0}
     calls = []
     store = DirectoryStore(tmp_path / "run")
-    first = _loop(_Listed(PATTERNS), calls, store, store.bind(config), n_trials=3).run()
+    store.bind(config)
+    first = _loop(_Listed(PATTERNS), calls, store, n_trials=3).run()
     assert len(calls) == 3
-    saved = json.loads((tmp_path / "run" / "trials.json").read_text())
-    assert [t["trial_id"] for t in saved] == [0, 1, 2]
+    saved = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert [t["trial_id"] for t in saved["trials"]] == [0, 1, 2] and saved["told"] == 3
 
     calls.clear()
     store2 = DirectoryStore(tmp_path / "run")
-    resumed = _loop(_Listed(PATTERNS), calls, store2, store2.bind(config), n_trials=5).run()
+    assert store2.bind(config) == {}
+    resumed = _loop(_Listed(PATTERNS), calls, store2, n_trials=5).run()
     assert calls == [PATTERNS[3], PATTERNS[4]]  # only the new ones ran
     assert [t.trial_id for t in resumed] == [0, 1, 2, 3, 4]
     assert resumed[:3] == first
@@ -99,9 +100,9 @@ def test_resume_from_directory_redoes_nothing(tmp_path):
 
 def test_resume_into_a_different_search_fails(tmp_path):
     store = DirectoryStore(tmp_path)
-    store.bind({"seed": 0})
-    with pytest.raises(SearchConfigMismatchError, match="differs in: seed"):
-        DirectoryStore(tmp_path).bind({"seed": 1})
+    store.bind({"seed": 0, "model": {"weights": "ab12"}})
+    with pytest.raises(SearchConfigMismatchError, match=r'differs in: model.weights \("ab12" -> "cd34"\), seed'):
+        DirectoryStore(tmp_path).bind({"seed": 1, "model": {"weights": "cd34"}})
 
 
 def test_optuna_storage_url_round_trip(tmp_path):
@@ -109,7 +110,8 @@ def test_optuna_storage_url_round_trip(tmp_path):
     store = open_store(url)
     assert isinstance(store, OptunaStore)
     calls = []
-    trials = _loop(_Listed(PATTERNS), calls, store, store.bind({"seed": 0}), n_trials=3).run()
+    store.bind({"seed": 0})
+    trials = _loop(_Listed(PATTERNS), calls, store, n_trials=3).run()
     again = open_store(url)
-    assert again.load_trials() == trials
-    assert again.bind({"seed": 0}) == trials
+    assert again.bind({"seed": 0}) == {}
+    assert again.load_trials() == trials and again.load_state().told == 3

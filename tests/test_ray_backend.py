@@ -131,9 +131,8 @@ def evaluation_counts(markers: Path) -> dict[tuple[int, ...], int]:
     return counts
 
 
-def run_search(backend, n_trials: int, store=None, history=(), on_result=None):
-    loop = SearchLoop(SeededSampler(seed=3), backend, OBJECTIVES, COSTS, n_trials, store=store,
-                      history=tuple(history), on_result=on_result)
+def run_search(backend, n_trials: int, store=None, on_result=None):
+    loop = SearchLoop(SeededSampler(seed=3), backend, OBJECTIVES, COSTS, n_trials, store=store, on_result=on_result)
     return loop.run()
 
 
@@ -251,10 +250,11 @@ def test_interrupted_search_resumes_without_reevaluating(ray_instance, markers, 
     with pytest.raises(KeyboardInterrupt), RayBackend(FakeSpec(str(markers), seconds=0.3), num_workers=2) as b:
         run_search(b, n_trials=10, store=store, on_result=interrupt_after_three)
     stored = {t.schedule.pattern for t in DirectoryStore(tmp_path / "search").load_trials()}
-    assert len(stored) == 3
+    # Every result announced was stored first; results that arrived in the same wait are stored with it.
+    assert {t.schedule.pattern for t in seen} <= stored and 3 <= len(stored) <= 4
 
     with RayBackend(FakeSpec(str(markers), seconds=0.3), num_workers=2) as backend:
-        resumed = run_search(backend, n_trials=10, store=store, history=store.load_trials())
+        resumed = run_search(backend, n_trials=10, store=store)
     counts = evaluation_counts(markers)
     assert len(resumed) == 10 and len(store.load_trials()) == 10
     assert all(counts[p] == 1 for p in stored)  # nothing stored before the interruption ran again

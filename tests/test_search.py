@@ -73,7 +73,7 @@ def test_forecast_can_be_fixed_and_bad_values_are_refused():
     result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=2,
                                  monotone=None, forecast=1, **FAST)
     assert "forecast" not in result.heldout and result.best.forecast_order == 1
-    with pytest.raises(ValueError, match="forecast=2; use 'auto' or a forecast order in"):
+    with pytest.raises(ValueError, match="forecast: must be 'auto' or a forecast order in"):
         procache_opt.search(tiny_dit_pipeline(seed=0), forecast=2, **FAST)
 
 
@@ -149,11 +149,11 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(monkeypatch):
 
 def test_bad_arguments_fail_clearly():
     pipe = tiny_dit_pipeline(seed=0)
-    with pytest.raises(ValueError, match="budget_flops must be in"):
+    with pytest.raises(ValueError, match="budget_flops: must be a fraction"):
         procache_opt.search(pipe, budget_flops=1.5)
-    with pytest.raises(KeyError, match="unknown strategy 'nope'; available: .*tpe"):
+    with pytest.raises(ValueError, match="unknown strategy 'nope'; available: .*tpe"):
         procache_opt.search(pipe, strategy="nope", monotone=None, **FAST)
-    with pytest.raises(TypeError, match="unexpected keyword arguments \\['bogus'\\]"):
+    with pytest.raises(ValueError, match="unexpected keyword arguments \\['bogus'\\]"):
         procache_opt.search(pipe, strategy="random", bogus=1, monotone=None, **FAST)
     with pytest.raises(ValueError, match="neither a bundled model"):
         procache_opt.search("no/such/folder", **FAST)
@@ -178,10 +178,12 @@ def test_cli_search_writes_schedule_and_report(tmp_path, capsys):
 
 def test_cli_reports_bad_input_without_traceback(capsys):
     assert main(["search", "--model", "no/such/folder", "--no-progress"]) == 2
-    assert "error: model 'no/such/folder' is neither" in capsys.readouterr().err
+    assert "error: --model: 'no/such/folder' is neither" in capsys.readouterr().err
+    assert main(["search", "--budget", "2"]) == 2
+    assert "--budget: must be a fraction of full computation in (0, 1], got 2.0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["search", "--budget", "2"])
-    assert "--budget is a fraction" in capsys.readouterr().err
+        main(["search", "--trials", "many"])
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_cli_lists_plugins(capsys):
@@ -199,7 +201,7 @@ def test_multi_objective_search_returns_a_pareto_front():
     assert front and all(t.flops_ratio <= 0.6 for t in front)
     ratios = [t.flops_ratio for t in front]
     assert ratios == sorted(ratios) and [t.value for t in front] == sorted((t.value for t in front), reverse=True)
-    with pytest.raises(ValueError, match="multi_objective=True needs a strategy with an `objectives` argument"):
+    with pytest.raises(ValueError, match="multi_objective needs a strategy with an `objectives` argument"):
         procache_opt.search(tiny_dit_pipeline(seed=0), strategy="random", multi_objective=True, monotone=None,
                             **FAST)
 
@@ -211,5 +213,48 @@ def test_per_depth_search_proposes_deep_refreshes_within_budget():
     assert all(set(t.schedule.pattern) <= {0, 1, 3} for t in result.trials)
     assert any(3 in t.schedule.pattern for t in result.trials)
     assert result.best_trial.flops_ratio <= 0.6 and "per-depth" in result.summary()
-    with pytest.raises(ValueError, match="per_depth=True .* needs selective=True"):
+    with pytest.raises(ValueError, match="per_depth: .* needs selective computation on"):
         procache_opt.search(tiny_dit_pipeline(seed=0), per_depth=True, selective=False, **FAST)
+
+
+def test_searched_schedules_carry_the_model_and_warn_on_another(tmp_path):
+    from procache_opt.fingerprint import model_signature
+
+    pipe = tiny_dit_pipeline(seed=0)
+    result = procache_opt.search(pipe, budget_flops=0.5, strategy="random", n_trials=2, monotone=None, forecast=0,
+                                 **FAST)
+    best = result.best
+    assert (best.model_class, best.model_fingerprint) == model_signature(pipe.transformer)
+    saved = procache_opt.Schedule.load(best.save(tmp_path / "schedule.json"))
+    assert saved.model_fingerprint == best.model_fingerprint
+    with pytest.warns(UserWarning, match="searched for another model"), procache_opt.apply(
+            tiny_dit_pipeline(seed=0, num_layers=2), saved):
+        pass
+
+
+def test_the_phases_run_alone():
+    from procache_opt.models import IN_PROCESS
+    from procache_opt.search_config import SearchConfig
+    from procache_opt.search_phases import Setup, build_space, build_strategy, measure, prepare
+
+    pipe = tiny_dit_pipeline(seed=0)
+    prepared = prepare(SearchConfig(num_inference_steps=10, calibration=2, monotone=None, forecast=1), pipe,
+                       IN_PROCESS)
+    assert prepared.config.guidance_scale == 4.0 and len(prepared.config.calibration) == 2  # defaults filled in
+    assert set(prepared.identity()["model"]) == {"class", "fingerprint", "weights", "dtype", "device"}
+    assert measure(prepared) == Setup(None, 1)  # nothing to measure: nothing is run
+    space = build_space(prepared, Setup(None, 1))
+    first = build_strategy(prepared, space, Setup(None, 1)).ask(1)[0]
+    assert first == procache_opt.Schedule.from_dict({**prepared.fora_start().to_dict(), "forecast_order": 1})
+
+
+def test_the_objective_set_is_built_once_per_search(monkeypatch):
+    from procache_opt.objective import OBJECTIVES
+
+    created = []
+    original = OBJECTIVES.create
+    monkeypatch.setattr(OBJECTIVES, "create", lambda name, **kw: created.append(name) or original(name, **kw))
+    procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=3, monotone=None,
+                        forecast="auto", **{**FAST, "heldout": 2})
+    # one feature_error for the forecast choice, the trials and the held-out check; psnr and latency for the latter
+    assert sorted(created) == ["feature_error", "latency", "psnr"]

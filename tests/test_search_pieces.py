@@ -2,12 +2,12 @@
 
 import pytest
 
-from procache_opt._search import default_v_max
 from procache_opt.baselines import best_fora_within, fora
 from procache_opt.costs import StepCosts
 from procache_opt.dynamics import choose_direction, choose_forecast_order, probe_reuse_sensitivity
 from procache_opt.result import SearchResult, pareto_front
 from procache_opt.schedule import Schedule
+from procache_opt.search_phases import default_v_max
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
 from procache_opt.strategy_wrappers import Enqueued
 

@@ -25,6 +25,7 @@ from procache_opt.objective import Objective, RunOutputs, Score
 from procache_opt.schedule import Action, Schedule
 from procache_opt.scoring import ObjectiveSet
 from procache_opt.space import ScheduleSpace
+from procache_opt.storage import DirectoryStore
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
 
 MakeStrategy = Callable[..., Strategy]
@@ -318,21 +319,21 @@ class _FullSteps(Objective):
 
 
 @pytest.mark.parametrize("name", sorted(LEARNERS))
-def test_engine_resume_replays_to_the_same_search(name: str) -> None:
+def test_engine_resume_continues_to_the_same_search(name: str, tmp_path) -> None:
     space = CONFORMANCE_SPACES["flops_budget"]()
     calls: list[tuple[int, ...]] = []
 
-    def search(n_trials: int, history: list[TrialResult]) -> list[TrialResult]:
+    def search(n_trials: int, store: DirectoryStore) -> list[TrialResult]:
         def evaluate(schedule: Schedule) -> dict[str, Score]:
             calls.append(schedule.pattern)
             return {"full_steps": Score.of([sum(full_steps(schedule)) / 100])}
 
         return SearchLoop(LEARNERS[name](space, seed=7), LocalBackend(evaluate), ObjectiveSet((_FullSteps(),), (1.0,)),
-                          synthetic_costs(space.num_steps), n_trials, history=tuple(history)).run()
+                          synthetic_costs(space.num_steps), n_trials, store=store).run()
 
-    uninterrupted = search(12, [])
-    interrupted = search(6, [])
+    uninterrupted = search(12, DirectoryStore(tmp_path / "a"))
+    search(6, DirectoryStore(tmp_path / "b"))
     calls.clear()
-    resumed = search(12, interrupted)
+    resumed = search(12, DirectoryStore(tmp_path / "b"))
     assert len(calls) == 6  # only the new schedules were evaluated
     assert [t.schedule for t in resumed] == [t.schedule for t in uninterrupted]

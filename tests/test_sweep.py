@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-import procache_opt
+from procache_opt import _search
 from procache_opt.cli import main
 from procache_opt.result import SearchResult
 from procache_opt.schedule import Schedule
+from procache_opt.state import SearchState
 from procache_opt.storage import DirectoryStore
 from procache_opt.strategy import TrialResult, TrialStatus
 from procache_opt.sweep import StrategyEntry, SweepConfig, run_sweep
@@ -35,26 +37,26 @@ class FakeSearch:
         self.interrupt = interrupt
         self.fail_budget = fail_budget
 
-    def __call__(self, model, *, budget_flops, strategy, seed, storage, n_trials, **kwargs) -> SearchResult:
-        self.calls.append({"model": model, "budget": budget_flops, "strategy": strategy, "seed": seed,
-                           "storage": storage, **kwargs})
+    def __call__(self, config, *, storage, progress) -> SearchResult:
+        self.calls.append({**config.to_dict(), "storage": storage})
         store = DirectoryStore(storage)
         done = store.load_trials()
-        if budget_flops == self.fail_budget:
+        if config.budget_flops == self.fail_budget:
             raise RuntimeError("no trial completed within the budget")
-        for i in range(len(done), n_trials):
+        for i in range(len(done), config.n_trials):
             pattern = [1, 0, 1, 0] if i % 2 else [1, 1, 0, 0]
-            store.append(TrialResult(i, Schedule.from_pattern(pattern), TrialStatus.COMPLETE, value=seed + i / 10,
-                                     flops_ratio=budget_flops - 0.01, duration_s=0.5))
+            done.append(TrialResult(i, Schedule.from_pattern(pattern), TrialStatus.COMPLETE,
+                                    value=config.seed + i / 10, flops_ratio=config.budget_flops - 0.01, duration_s=0.5))
+            store.save_state(SearchState(tuple(done), len(done), next_trial_id=i + 1))
             if self.interrupt and Path(storage).name == self.interrupt and i == 1:
                 raise KeyboardInterrupt
-        return SearchResult(store.load_trials(), config={"budget_flops": budget_flops})
+        return SearchResult(store.load_trials(), config={"budget_flops": config.budget_flops})
 
 
 @pytest.fixture
 def fake_search(monkeypatch) -> FakeSearch:
     fake = FakeSearch()
-    monkeypatch.setattr(procache_opt, "search", fake)
+    monkeypatch.setattr(_search, "run_search", fake)
     return fake
 
 
@@ -78,9 +80,13 @@ def test_examples_parse_into_named_cells():
     ({"strategies": ["tpe", {"name": "tpe"}]}, r"cells share a name .*give strategies distinct `label`s"),
     ({"strategies": [{"name": "tpe", "optons": {}}]}, r"unknown key\(s\) \['optons'\] in strategy entry"),
     ({"objectives": [3]}, r"an objective is a name, a list of names or \{name: weight\}, got 3"),
+    ({"search": {"selective": "abc"}}, r"search.selective \(cell .*\): must be true, false, a SelectiveConfig"),
+    ({"strategies": ["bogus"]}, r"strategy \(cell .*\): unknown strategy 'bogus'; available: "),
+    ({"strategies": [{"name": "tpe", "options": {"n_startup": 3}}]}, r"strategy_options .* \['n_startup'\]"),
+    ({"budgets": ["half"]}, r"`budgets` must be numbers"),
     ({"backend": "dask"}, r"backend must be 'local' or 'ray'"),
     ({"backend_options": {"num_workers": 2}}, r"backend_options need `backend: ray`"),
-    ({"backend": "ray", "backend_options": {"workers": 2}}, r"unknown backend_options \['workers'\]; allowed: .*"
+    ({"backend": "ray", "backend_options": {"workers": 2}}, r"backend_options .*unknown \['workers'\]; allowed: .*"
      r"'max_retries', 'num_workers'"),
 ])
 def test_config_errors_name_the_problem(change, message):
@@ -105,8 +111,9 @@ def test_sweep_runs_every_cell_into_one_folder_with_summaries(fake_search, tmp_p
     assert len(rows) == len(fake_search.calls) == 8
     call = fake_search.calls[-1]
     assert call["storage"] == str(tmp_path / "dit-digits__b0.6__tpe8__feature_error__s1")
-    assert call["strategy"] == "tpe" and call["n_startup_trials"] == 8 and call["num_inference_steps"] == 8
-    assert call["objective"] == {"feature_error": 1.0} and call["backend"] == "local"
+    assert call["strategy"] == "tpe" and call["strategy_options"] == {"n_startup_trials": 8}
+    assert call["num_inference_steps"] == 8
+    assert call["objectives"] == {"feature_error": 1.0} and call["backend"] == "local"
     for row in rows:
         folder = tmp_path / row["cell"]
         assert json.loads((folder / "result.json").read_text())["trials"]
@@ -122,7 +129,7 @@ def test_sweep_runs_every_cell_into_one_folder_with_summaries(fake_search, tmp_p
 def test_interrupted_sweep_resumes_without_rerunning_finished_cells(monkeypatch, tmp_path):
     interrupted = "dit-digits__b0.6__random__feature_error__s0"
     first = FakeSearch(interrupt=interrupted)
-    monkeypatch.setattr(procache_opt, "search", first)
+    monkeypatch.setattr(_search, "run_search", first)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(BASE, out=tmp_path)
     assert len(first.calls) == 5  # cells of budget 0.4 (4), then the interrupted one
@@ -130,7 +137,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_cells(monkeypatch,
     assert not (tmp_path / interrupted / "result.json").exists()
 
     second = FakeSearch()
-    monkeypatch.setattr(procache_opt, "search", second)
+    monkeypatch.setattr(_search, "run_search", second)
     rows = run_sweep(BASE, out=tmp_path)
     assert [Path(c["storage"]).name for c in second.calls][0] == interrupted  # finished cells were not rerun
     assert len(second.calls) == 4 and len(rows) == 8
@@ -139,7 +146,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_cells(monkeypatch,
 
 def test_a_failed_cell_is_reported_and_the_rest_run(monkeypatch, tmp_path):
     fake = FakeSearch(fail_budget=0.4)
-    monkeypatch.setattr(procache_opt, "search", fake)
+    monkeypatch.setattr(_search, "run_search", fake)
     rows = run_sweep(BASE, out=tmp_path)
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 4 and all(r["budget"] == 0.4 for r in failed)
@@ -181,3 +188,31 @@ def test_address_runs_the_sweep_on_ray_connecting_once(fake_search, monkeypatch,
     run_sweep(BASE, address="auto", out=tmp_path)
     assert connections == [("auto", {})]
     assert {c["backend"] for c in fake_search.calls} == {"ray"}
+
+
+def test_a_corrupt_result_file_is_named_and_its_cell_run_again(fake_search, tmp_path, caplog):
+    run_sweep(BASE, out=tmp_path)
+    corrupt = "dit-digits__b0.4__tpe8__feature_error__s1"
+    (tmp_path / corrupt / "result.json").write_text('{"trials": [')
+    fake_search.calls.clear()
+    rows = run_sweep(BASE, out=tmp_path)
+    assert [Path(c["storage"]).name for c in fake_search.calls] == [corrupt]  # the other cells were read back
+    assert all(r["status"] == "complete" for r in rows) and len(rows) == 8
+    assert f"cell {corrupt}: result file {tmp_path / corrupt / 'result.json'} is not valid JSON" in caplog.text
+    assert SearchResult.load(tmp_path / corrupt / "result.json").trials
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("models: [dit-digits\nbudgets: [0.5]\n", r"sweep.yaml is not valid YAML \(.* at line \d\)"),
+    ("models: !!python/object/apply:os.system ['true']\nbudgets: [0.5]\n", r"sweep.yaml is not valid YAML"),
+    ("- dit-digits\n", r"sweep config .*sweep.yaml: expected a YAML mapping"),
+    ("models: [dit-digits]\nbudgets: [0.5]\nstrategies: [bogus]\n", r"sweep.yaml: strategy .*unknown strategy"),
+    ("models: [no/such/folder]\nbudgets: [0.5]\n", r"models: 'no/such/folder' is neither a bundled model"),
+])
+def test_cli_refuses_bad_sweep_files_in_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err

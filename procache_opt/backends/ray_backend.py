@@ -23,12 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
-
+from procache_opt._optional import require
 from procache_opt.backends.base import Backend, EvalOutcome, run_evaluation
 from procache_opt.objective import Score
 from procache_opt.schedule import Schedule
+
+ray = require("ray", "ray", "backend='ray'")
+RayActorError, RayError, RayTaskError = (ray.exceptions.RayActorError, ray.exceptions.RayError,
+                                         ray.exceptions.RayTaskError)
 
 __all__ = ["RayBackend", "EvaluatorFactory", "connect"]
 

@@ -19,9 +19,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ray import tune
-from ray.tune.search import Searcher
-
+from procache_opt._optional import require
 from procache_opt.backends.base import run_evaluation
 from procache_opt.backends.ray_backend import EvaluatorFactory
 from procache_opt.schedule import Schedule
@@ -29,6 +27,9 @@ from procache_opt.scoring import ObjectiveSet
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
 
 __all__ = ["StrategySearcher", "evaluation_trainable"]
+
+tune = require("ray.tune", "ray", "the Ray Tune adapter")
+Searcher = require("ray.tune.search", "ray", "the Ray Tune adapter").Searcher
 
 
 class StrategySearcher(Searcher):
@@ -87,16 +88,18 @@ def evaluation_trainable(spec: _TuneSpec) -> Callable[[dict[str, Any]], dict[str
     return tune.with_parameters(_evaluate_config, spec=spec)
 
 
-_cached: tuple[Any, Any] | None = None  # (spec, evaluator) of this process's last trial
+_cached: tuple[Any, Any, ObjectiveSet] | None = None  # (spec, evaluator, objectives) of this process's last trial
 
 
 def _evaluate_config(config: dict[str, Any], spec: _TuneSpec) -> dict[str, Any]:
     global _cached
     if _cached is None or _cached[0] != spec:
-        _cached = (spec, spec.build_evaluator())
+        # Built once per process, not per trial (LPIPS loads a network): the spec is any picklable factory, so its
+        # evaluator builds its own objectives and this set only turns scores into the loss.
+        _cached = (spec, spec.build_evaluator(), spec.objective_set())
     schedule = Schedule.from_dict(config["schedule"])
     outcome = run_evaluation(_cached[1].evaluate, 0, schedule)
     if not outcome.ok:
         raise RuntimeError(f"evaluating {schedule} failed: {outcome.error}")
     scores = outcome.scores or {}
-    return {"value": spec.objective_set().scalarize(scores), "values": {n: s.mean for n, s in scores.items()}}
+    return {"value": _cached[2].scalarize(scores), "values": {n: s.mean for n, s in scores.items()}}

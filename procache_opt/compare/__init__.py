@@ -25,7 +25,7 @@ __all__ = ["compare", "CompareConfig", "CompareResult", "ComparisonMismatchError
 _LAZY = {
     "compare": "procache_opt.compare.harness",
     "ComparisonMismatchError": "procache_opt.compare.harness",
-    "CompareConfig": "procache_opt.compare.result",
+    "CompareConfig": "procache_opt.compare.plan",
     "CompareResult": "procache_opt.compare.result",
 }
 

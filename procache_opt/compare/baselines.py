@@ -25,10 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from procache_opt.baselines import best_fora_within, fora
+from procache_opt.baselines import best_fora_within, fora, shortest_interval_within
 from procache_opt.compare.diffusers_caches import CACHES, DiffusersCache
 from procache_opt.compare.measure import Bench, Measured, Method
-from procache_opt.costs import StepCosts
 from procache_opt.flops import step_costs
 from procache_opt.schedule import Action, Schedule, SelectiveConfig
 
@@ -82,14 +81,6 @@ def toca_style(num_steps: int, interval: int) -> Schedule:
     return Schedule.from_pattern(pattern, selective=TOCA_SELECTIVE)
 
 
-def _shortest_within(make: Callable[[int], Schedule], costs: StepCosts, budget: float) -> Schedule:
-    for interval in range(1, costs.num_steps + 1):
-        schedule = make(interval)
-        if costs.ratio(schedule) <= budget:
-            return schedule
-    raise ValueError(f"no interval fits a FLOPs budget of {budget}")
-
-
 def fixed_methods(num_steps: int) -> list[Method]:
     """FORA with intervals 2, 3 and 4: the budget-independent rows."""
     return [Method("FORA", f"interval={n}", schedule=fora(num_steps, n)) for n in (2, 3, 4)]
@@ -100,7 +91,7 @@ def matched_methods(transformer: Any, num_steps: int, budget: float, guidance: b
     costs = step_costs(transformer, num_steps, guidance=guidance)
     fora_sel = best_fora_within(costs, budget, selective=True)
     toca_costs = step_costs(transformer, num_steps, selective=TOCA_SELECTIVE, guidance=guidance)
-    toca = _shortest_within(lambda n: toca_style(num_steps, n), toca_costs, budget)
+    toca = shortest_interval_within(lambda n: toca_style(num_steps, n), toca_costs, budget)
     steps = max(1, round(budget * num_steps))
     return [
         Method("FORA + selective (Eq. 7)", f"interval={fora_sel.intervals[0]}", schedule=fora_sel),

@@ -15,7 +15,7 @@ import shlex
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from procache_opt.compare.result import CompareResult
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/compare", help="results folder; rerun to resume")
     parser.add_argument("--report", default=None, help="Markdown report (default: OUT/report.md)")
     parser.add_argument("--assets", default=None, help="tables and figures (default: OUT/report/)")
-    parser.add_argument("--fresh", action="store_true", help="delete OUT first: regenerate from scratch")
+    parser.add_argument("--fresh", action="store_true",
+                        help="regenerate from scratch: remove what an earlier comparison wrote in OUT (nothing else)")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from OUT")
     parser.add_argument("--note", action="append", default=[], help="a caveat to add to the report")
     parser.add_argument("--no-progress", action="store_true")
@@ -55,26 +56,75 @@ def run(args: argparse.Namespace, command: str = "procache-opt compare") -> Path
 
     ``command`` is how the report shows the invocation that regenerates it (with ``args`` as given).
     """
+    from procache_opt._lock import hold
+    from procache_opt.compare.plan import CompareConfig, validate
+    from procache_opt.search_config import ConfigError
+
+    out = Path(args.out)
+    settings = _settings(args)
+    if not args.report_only:  # every setting is checked before anything is removed, loaded or written
+        try:
+            validate(CompareConfig(model=args.model, **settings), None)
+        except ConfigError as exc:
+            raise ConfigError(_FLAGS.get(exc.field, exc.field), exc.message) from None
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    with hold(out, "--out"):
+        if args.fresh:
+            remove_outputs(out)
+        return _run(args, command, out, settings)
+
+
+#: The search settings a comparison's flags set, so an error names the flag.
+_FLAGS = {"model": "--model", "budget_flops": "--budgets", "strategy": "--strategies", "n_trials": "--trials",
+          "num_inference_steps": "--steps", "guidance_scale": "--guidance", "calibration": "--calibration",
+          "forecast": "--forecast"}
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~procache_opt.compare.result.CompareConfig` fields the flags set."""
+    try:
+        budgets = tuple(float(b) for b in args.budgets.split(","))
+    except ValueError:
+        raise ValueError(f"--budgets {args.budgets!r}: expected comma-separated fractions, e.g. 0.5,0.35") from None
+    return {"budgets": budgets, "strategies": tuple(args.strategies.split(",")), "n_trials": args.trials,
+            "seeds": args.seeds, "num_inference_steps": args.steps, "guidance_scale": args.guidance,
+            "calibration": args.calibration, "heldout": args.heldout, "timing_repeats": args.timing_repeats,
+            "timing_samples": args.timing_samples, "baselines": not args.no_baselines,
+            "forecast": args.forecast if args.forecast == "auto" else int(args.forecast)}
+
+
+def remove_outputs(out: Path) -> None:
+    """Remove what a comparison wrote in ``out`` (:data:`~procache_opt.compare.result.WRITTEN`), and only if its
+    marker file says this tool wrote there: a folder holding a user's own files loses nothing."""
+    from procache_opt.compare.plan import MARKER, WRITTEN
+
+    if not out.exists():
+        return
+    if not (out / MARKER).is_file():
+        raise ValueError(f"--fresh: {out} holds no {MARKER} file, so procache-opt compare did not write it; nothing "
+                         "was removed. Choose another --out, or remove the folder yourself")
+    for name in WRITTEN[1:] + WRITTEN[:1]:  # the marker last: an interrupted removal can be redone
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _run(args: argparse.Namespace, command: str, out: Path, settings: dict[str, Any]) -> Path:
     import torch
 
     from procache_opt.compare import result as stored
     from procache_opt.compare.harness import compare
     from procache_opt.compare.report import write_report
 
-    out = Path(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
     elapsed_file = out / "elapsed.json"
     if not args.report_only:
         start = time.perf_counter()
-        compare(args.model, budgets=[float(b) for b in args.budgets.split(",")],
-                strategies=args.strategies.split(","), n_trials=args.trials, seeds=args.seeds, out=out,
-                progress=not args.no_progress, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                calibration=args.calibration, heldout=args.heldout, timing_repeats=args.timing_repeats,
-                timing_samples=args.timing_samples, baselines=not args.no_baselines,
-                forecast=args.forecast if args.forecast == "auto" else int(args.forecast))
+        compare(args.model, out=out, progress=not args.no_progress, **settings)
         runs = _runs(elapsed_file)
         elapsed_file.write_text(json.dumps({"runs": [*runs, time.perf_counter() - start]}))
     runs = _runs(elapsed_file)

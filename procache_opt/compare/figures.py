@@ -178,7 +178,8 @@ def samples(result: CompareResult, group: str) -> Any | None:
     named = [(label, path) for label, path in named if path.exists()]
     if len(named) < 2:
         return None
-    rows = [(label, torch.load(path).float().clamp(0, 1)) for label, path in named]
+    # weights_only: the saved images are plain tensors; a tampered file must not run code when unpickled
+    rows = [(label, torch.load(path, weights_only=True).float().clamp(0, 1)) for label, path in named]
     cols = min(len(images) for _, images in rows)
     label_in, cell_in = 2.6, 0.7
     width, height = label_in + cell_in * cols, cell_in * len(rows) + 0.4

@@ -3,9 +3,10 @@
 Fairness rules the harness enforces:
 
 * equal evaluation budgets: every search evaluates ``n_trials`` schedules, with strategy options scaled to that
-  budget (:func:`strategy_settings`);
-* the same space for every strategy: the interval-order probe (``monotone="auto"``) and the forecast-order
-  choice (``forecast="auto"``, on the FORA start point of the largest budget) run once, not per search;
+  budget by each strategy (``Strategy.options_for_budget``);
+* the same space for every strategy: the search's own set-up phases (:func:`~procache_opt.search_phases.measure`:
+  the interval-order probe and the forecast-order choice on the FORA start point of the largest budget) run
+  once, not per search;
 * the same calibration set for every search and one disjoint held-out set for every judgement, so results
   pair up across strategies by seed and sample;
 * every search seeded (``seed = k``), every raw trial kept (``<out>/runs/<budget>/<strategy>/seed<k>``).
@@ -25,21 +26,20 @@ from typing import Any
 
 import torch
 
-from procache_opt._io import atomic_write_json
-from procache_opt.baselines import best_fora_within
+from procache_opt import _search
+from procache_opt._io import atomic_write_json, read_json
 from procache_opt.calibration import Calibration
 from procache_opt.compare.baselines import OURS, Row, run_rows
 from procache_opt.compare.diffusers_caches import mag_ratios
 from procache_opt.compare.measure import Bench, Method, call_kwargs
-from procache_opt.compare.result import Cell, CompareConfig, CompareResult, cell_dir, image_path
-from procache_opt.dynamics import choose_forecast_order, probe_reuse_sensitivity
-from procache_opt.evaluate import Evaluator
-from procache_opt.models import load_pipeline
-from procache_opt.objective import OBJECTIVES
+from procache_opt.compare.plan import base_config, search_configs, validate
+from procache_opt.compare.result import MARKER, Cell, CompareConfig, CompareResult, cell_dir, image_path
+from procache_opt.models import load_pipeline, worker_model_spec
 from procache_opt.pipelines import DiTAdapter, adapter_for
-from procache_opt.schedule import Schedule
+from procache_opt.search_config import SearchConfig
+from procache_opt.search_phases import Setup, check_reference, measure, prepare
 
-__all__ = ["compare", "ComparisonMismatchError", "strategy_settings"]
+__all__ = ["compare", "ComparisonMismatchError"]
 
 #: Settings that may change between runs into the same folder: more seeds extend a comparison, and the
 #: baselines can be added later; anything else would mix incomparable results.
@@ -85,18 +85,20 @@ def compare(
     """
     config = CompareConfig(model=model if isinstance(model, str) else "<in-process pipeline>", budgets=tuple(budgets),
                            strategies=tuple(strategies), n_trials=n_trials, seeds=seeds, **settings)
+    validate(config, model)
     out = Path(out)
     _bind(out, config)
     pipe = load_pipeline(model)
     # Thousands of generations: the comparison's and each search's bars report progress, not diffusers' own.
     pipe.set_progress_bar_config(disable=True)
     search_set = Calibration.default(pipe, num_samples=config.calibration, split="search")
-    monotone, forecast = _resolve_setup(pipe, config, search_set, out)
+    base = base_config(config, search_set)
+    setup = _resolve_setup(pipe, base, out)
     bench = Bench(pipe, Calibration.default(pipe, num_samples=config.heldout, split="heldout"),
                   config.num_inference_steps, config.guidance_scale, config.heldout_objectives,
                   config.timing_samples, config.timing_repeats, mag_ratios=_mag_ratios(pipe, config, search_set))
     _save_images(image_path(out, "full"), bench.reference().images, config.grid_images)
-    _run_cells(pipe, config, search_set, (monotone, forecast), bench, out, progress)
+    _run_cells(pipe, search_configs(config, base, setup), bench, out, progress)
     result = CompareResult.load(out)
     if config.baselines:
         _run_baselines(result, bench, pipe, progress)
@@ -108,7 +110,7 @@ def _bind(out: Path, config: CompareConfig) -> None:
     path = out / "compare.json"
     current = config.to_dict()
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = read_json(path, "comparison settings file")
         diff = sorted(k for k in set(stored) | set(current)
                       if stored.get(k) != current.get(k) and k not in _RESUMABLE_CHANGES)
         if diff:
@@ -117,31 +119,20 @@ def _bind(out: Path, config: CompareConfig) -> None:
                 "--out folder, or the same settings to resume"
             )
     atomic_write_json(path, current)
+    (out / MARKER).touch()  # what `--fresh` checks before it removes anything here
 
 
-def _resolve_setup(pipe: Any, config: CompareConfig, search_set: Calibration, out: Path) -> tuple[str | None, int]:
-    """The interval and forecast orders for every search: measured once for ``"auto"`` (kept in ``setup.json``)."""
+def _resolve_setup(pipe: Any, base: SearchConfig, out: Path) -> Setup:
+    """The interval and forecast orders for every search, measured once by the search's own phase and kept in
+    ``setup.json`` (with the torch version and threads the timings ran with)."""
     path = out / "setup.json"
-    setup = json.loads(path.read_text()) if path.exists() else {}
-    evaluator = Evaluator(pipe, search_set, config.num_inference_steps, config.guidance_scale)
-    error = OBJECTIVES.create("feature_error")
-
-    def error_of(schedule: Schedule) -> float:
-        return error.score(evaluator.run(schedule), evaluator.reference()).mean
-
-    if "monotone" not in setup:
-        setup["monotone"] = config.monotone
-        if config.monotone == "auto":
-            report = probe_reuse_sensitivity(error_of, config.num_inference_steps)
-            setup.update(monotone=report.direction, probe=report.to_dict(), probe_summary=report.summary())
-    if "forecast" not in setup:
-        setup["forecast"] = config.forecast
-        if config.forecast == "auto":
-            choice = choose_forecast_order(error_of, best_fora_within(evaluator.costs, max(config.budgets)))
-            setup.update(forecast=choice.order, forecast_choice=choice.to_dict(), forecast_summary=choice.summary())
-    setup.update(torch=torch.__version__, threads=torch.get_num_threads())
-    atomic_write_json(path, setup)
-    return setup["monotone"], setup["forecast"]
+    if path.exists():
+        return Setup.from_dict(read_json(path, "comparison set-up file"))
+    prepared = prepare(base, pipe, worker_model_spec(pipe))
+    check_reference(prepared.evaluator, prepared.config)
+    setup = measure(prepared)
+    atomic_write_json(path, {**setup.to_dict(), "torch": torch.__version__, "threads": torch.get_num_threads()})
+    return setup
 
 
 def _mag_ratios(pipe: Any, config: CompareConfig, search_set: Calibration) -> tuple[float, ...] | None:
@@ -151,42 +142,18 @@ def _mag_ratios(pipe: Any, config: CompareConfig, search_set: Calibration) -> tu
     return mag_ratios(pipe, call_kwargs(pipe, search_set, config.num_inference_steps, config.guidance_scale))
 
 
-def strategy_settings(strategy: str, n_trials: int) -> dict[str, Any]:
-    """Strategy options scaled to the evaluation budget, so each strategy gets to do what it does within it.
-
-    ProCache's sampler draws as many candidates as the others evaluate (the paper's K is 5). TPE's default 10
-    random start-up trials and the evolutionary strategy's population of 16 are sized for 30+ evaluations; with
-    fewer, TPE would hardly model and the evolutionary strategy would never breed, both collapsing to random
-    search. So TPE starts modelling after a third of the budget and the population is a quarter of it.
-    """
-    return {
-        "constrained_sampling": {"num_candidates": n_trials},
-        "tpe": {"n_startup_trials": max(2, n_trials // 3)},
-        "evolutionary": {"population_size": max(4, n_trials // 4)},
-    }.get(strategy, {})
-
-
-def _run_cells(pipe: Any, config: CompareConfig, search_set: Calibration, orders: tuple[str | None, int],
-               bench: Bench, out: Path, progress: bool) -> None:
+def _run_cells(pipe: Any, configs: dict[tuple[float, str, int], SearchConfig], bench: Bench, out: Path,
+               progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    import procache_opt
-
-    todo = [(b, s, k) for k in range(config.seeds) for b in config.budgets for s in config.strategies]
-    bar = tqdm(todo, desc="compare", unit="search", disable=not progress)
-    for budget, strategy, seed in bar:
+    bar = tqdm(configs.items(), desc="compare", unit="search", disable=not progress)
+    for (budget, strategy, seed), search_config in bar:
         folder = cell_dir(out, budget, strategy, seed)
         if (folder / "cell.json").exists():
             continue
         bar.set_postfix_str(f"budget {budget:g} {strategy} seed {seed}")
         start = time.perf_counter()
-        result = procache_opt.search(
-            pipe, budget, strategy, config.objective, config.n_trials, num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale, calibration=search_set, heldout=None, monotone=orders[0],
-            forecast=orders[1],
-            include_baseline=config.include_baseline, seed=seed, storage=str(folder), progress=progress,
-            **strategy_settings(strategy, config.n_trials),
-        )
+        result = _search.run_search(search_config, pipe, storage=str(folder), progress=progress)
         wall = time.perf_counter() - start
         result.save(folder / "result.json")
         scores = _heldout_scores(bench, result.best, out / "heldout_scores.json")

@@ -17,7 +17,6 @@ from procache_opt._io import atomic_write_text
 from procache_opt.compare.baselines import OURS, Row
 from procache_opt.compare.export import Table, write_table
 from procache_opt.compare.figures import write_figures
-from procache_opt.compare.harness import strategy_settings
 from procache_opt.compare.result import CompareResult
 from procache_opt.compare.stats import paired_test
 from procache_opt.compare.tables import (
@@ -27,6 +26,7 @@ from procache_opt.compare.tables import (
     strategy_table,
     trials_table,
 )
+from procache_opt.strategy import STRATEGIES
 
 __all__ = ["machine_facts", "write_report"]
 
@@ -103,9 +103,9 @@ def _sections(result: CompareResult, tables: list[Table], rel: str, commands: Se
         f"{', '.join(f'`{s}`' for s in config.strategies)}; {config.n_trials} evaluations per search for every "
         f"strategy, the FORA start point included; seeds finished per budget: "
         f"{', '.join(f'{b:g}: {len(s)}' for b, s in seeds_done.items())}.",
-        "- Strategy options scaled to that budget (`procache_opt.compare.harness.strategy_settings`; defaults "
-        "otherwise): " + "; ".join(f"`{s}` {strategy_settings(s, config.n_trials)}" for s in config.strategies
-                                   if strategy_settings(s, config.n_trials)) + ".",
+        "- Strategy options scaled to that budget (each strategy's `options_for_budget`; defaults otherwise): "
+        + "; ".join(f"`{s}` {STRATEGIES.get(s).options_for_budget(config.n_trials)}" for s in config.strategies
+                    if STRATEGIES.get(s).options_for_budget(config.n_trials)) + ".",
         f"- Search objective: `{config.objective}` on {config.calibration} calibration samples (seeds 0..; the same "
         f"for every search). Every best schedule and baseline is judged on {config.heldout} held-out samples "
         f"(other seeds, other labels): {', '.join(f'`{m}`' for m in config.heldout_objectives)}.",

@@ -11,9 +11,11 @@ from __future__ import annotations
 import builtins
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import DiTPipeline
+if TYPE_CHECKING:  # torch and diffusers load with a model, not with the list of names (the CLI checks names)
+    import torch
+    from diffusers import DiTPipeline
 
 _HERE = Path(__file__).resolve().parent
 
@@ -49,6 +51,8 @@ def load(
     The weights are stored in fp16 to keep the package small; `dtype=None` loads them as float32 (diffusers'
     default), because fp16 matmuls on CPU are slow or missing. Pass `dtype=torch.float16` on a GPU.
     """
+    from diffusers import DiTPipeline
+
     kwargs = {} if dtype is None else {"torch_dtype": dtype}
     # model_index.json stores id2label with string keys (JSON); passed as read, diffusers warns that it expects
     # int keys. Pass them as ints, then record the file's mapping so save_pretrained writes it back unchanged.
