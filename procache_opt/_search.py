@@ -126,6 +126,7 @@ def _run(config: SearchConfig, model: Any, store: TrialStore | None, progress: b
     check_reference(prepared.evaluator, prepared.config)
     watch.lap("setup")
     setup = Setup.from_dict(stored) if stored else measure(prepared, watch.lap)
+    prepared.measured = setup.measured_costs
     if store is not None and not stored:
         store.save_setup(setup.to_dict())
     space = build_space(prepared, setup)
@@ -149,6 +150,9 @@ def _run(config: SearchConfig, model: Any, store: TrialStore | None, progress: b
               "space": space.to_dict()}
     result = SearchResult(trials, config=record, summary_lines=summary, seconds=watch.seconds)
     result.best_trial  # noqa: B018 - raises a clear error when nothing completed within the budget
+    if prepared.measured is not None:
+        summary.append(f"best: time ratio {prepared.measured.ratio(result.best):.3f} (measured step costs), FLOPs "
+                       f"ratio {prepared.costs.ratio(result.best):.3f} (counted)")
     if config.heldout is not None:
         result.heldout, result.heldout_images = heldout_check(prepared, result.best, setup.forecast)
         summary.append(heldout_line(result.heldout))

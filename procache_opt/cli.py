@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = SearchConfig()  # the defaults are the config's, listed once
     s.add_argument("--model", default=d.model, help="zoo name or pipeline folder (default: %(default)s)")
     s.add_argument("--budget", type=float, default=d.budget_flops,
-                   help="FLOPs budget as a fraction (default %(default)s)")
+                   help="budget as a fraction of full computation (default %(default)s)")
+    s.add_argument("--cost", choices=("flops", "measured"), default=d.cost,
+                   help="what the budget counts: counted FLOPs, or time measured on this device (default %(default)s)")
     s.add_argument("--strategy", default=d.strategy, help="see `procache-opt strategies` (default: %(default)s)")
     s.add_argument("--objective", default=",".join(d.objectives), help="objective name(s), comma-separated")
     s.add_argument("--trials", type=int, default=d.n_trials, help="schedules to evaluate at most (default %(default)s)")
@@ -121,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: SearchConfig fields by the flag that sets them: an error about a field names the flag the user typed.
-_FLAGS = {"model": "--model", "budget_flops": "--budget", "strategy": "--strategy", "strategy_options": "--option",
-          "objectives": "--objective", "objective": "--objective", "n_trials": "--trials",
+_FLAGS = {"model": "--model", "budget_flops": "--budget", "cost": "--cost", "strategy": "--strategy",
+          "strategy_options": "--option", "objectives": "--objective", "objective": "--objective",
+          "n_trials": "--trials",
           "num_inference_steps": "--steps", "guidance_scale": "--guidance", "calibration": "--samples",
           "heldout": "--heldout", "monotone": "--monotone", "forecast": "--forecast", "per_depth": "--per-depth",
           "depth_split": "--depth-split", "seed": "--seed", "backend": "--backend",
@@ -135,7 +138,8 @@ def _search_config(args: argparse.Namespace) -> Any:
 
     try:
         config = SearchConfig(
-            model=args.model, budget_flops=args.budget, strategy=args.strategy, objectives=args.objective,
+            model=args.model, budget_flops=args.budget, cost=args.cost, strategy=args.strategy,
+            objectives=args.objective,
             n_trials=args.trials, num_inference_steps=args.steps, guidance_scale=args.guidance,
             calibration=args.samples, heldout=args.heldout or None, selective=not args.no_selective,
             monotone=None if args.monotone == "none" else args.monotone,

@@ -176,6 +176,14 @@ class Evaluator:
         run.flops_ratio = self.costs.ratio(schedule)
         return run
 
+    def measured_costs(self, log: Any = None) -> StepCosts:
+        """Each action's seconds per step on this pipeline's device, for the timing batch (cached per device and
+        model, see :mod:`procache_opt.measured_costs`); :attr:`costs` stays the counted FLOPs."""
+        from procache_opt.measured_costs import measure_step_costs
+
+        first = next(self.calibration.batches(self.timing_samples or self.batch_size))
+        return measure_step_costs(self.pipe, self.costs, self._call_kwargs(first), log=log)
+
     def score(self, run: RunOutputs) -> dict[str, Score]:
         """Each objective's per-sample values for ``run`` against the reference, by objective name."""
         reference = self.reference()

@@ -37,7 +37,7 @@ Monotone = Literal["auto", "decreasing", "increasing"] | None
 #: Fields that change what a trial scores: a stored search resumes only into a search equal on all of them
 #: (with the model's weights, dtype and device class, see :mod:`procache_opt.identity`). ``n_trials`` may grow,
 #: ``heldout`` only judges the result, and the backend decides where evaluations run, not what they give.
-IDENTITY_FIELDS = ("budget_flops", "strategy", "strategy_options", "objectives", "objective_options",
+IDENTITY_FIELDS = ("budget_flops", "cost", "strategy", "strategy_options", "objectives", "objective_options",
                    "num_inference_steps", "guidance_scale", "calibration", "selective", "monotone", "forecast",
                    "per_depth", "depth_split", "v_min", "v_max", "include_baseline", "multi_objective", "seed")
 
@@ -99,7 +99,11 @@ class SearchConfig:
     Attributes:
         model: A zoo name or pipeline folder; for a pipeline object or factory, a label (the object is passed
             beside the config).
-        budget_flops: Largest counted FLOPs ratio, guidance included, in (0, 1].
+        budget_flops: Largest cost ratio against full computation, in (0, 1]: counted FLOPs (guidance included)
+            with ``cost="flops"``, measured time with ``cost="measured"``.
+        cost: What the budget counts: ``"flops"`` (counted, the same on every device) or ``"measured"`` (each
+            action's seconds per step, timed on the search's device before the search; see
+            :mod:`procache_opt.measured_costs`).
         strategy: A registered strategy name (``procache_opt.strategies.available()``).
         strategy_options: Keyword arguments of the strategy (checked against its signature).
         objectives: Objective names and weights; strategies minimise the weighted sum.
@@ -127,6 +131,7 @@ class SearchConfig:
 
     model: str = "dit-digits"
     budget_flops: float = 0.5
+    cost: Literal["flops", "measured"] = "flops"
     strategy: str = "constrained_sampling"
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     objectives: Mapping[str, float] = field(default_factory=lambda: {"feature_error": 1.0})
@@ -218,6 +223,9 @@ class SearchConfig:
         if self.per_depth and self.selective is None:
             raise ConfigError("per_depth", "puts DEEP refreshes where selective computation would go (Eq. 7); it "
                                            "needs selective computation on, not selective=False")
+        if self.cost not in ("flops", "measured"):
+            raise ConfigError("cost", f"must be 'flops' (counted) or 'measured' (timed on this device), got "
+                                      f"{self.cost!r}")
         if self.backend not in ("local", "ray"):
             raise ConfigError("backend", f"must be 'local' or 'ray', got {self.backend!r}")
         if self.backend == "local" and self.backend_options:

@@ -78,6 +78,8 @@ class Prepared:
         evaluator: Scores schedules on the calibration set with :attr:`objectives`.
         objectives: The one objective set of the search (LPIPS loads its network once).
         model: ``class``, ``fingerprint`` (config), ``weights``, ``dtype`` and ``device`` of the model.
+        measured: With ``cost="measured"``, the step costs in seconds the budget counts (set by :func:`measure`
+            or from a stored :class:`Setup`); ``None``: the budget counts FLOPs.
         evaluate: ``evaluator.evaluate``, memoised: the forecast choice's runs are trials too.
     """
 
@@ -87,6 +89,7 @@ class Prepared:
     evaluator: Evaluator
     objectives: ObjectiveSet
     model: dict[str, str]
+    measured: StepCosts | None = None
     evaluate: Callable[[Schedule], Scores] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,7 +97,13 @@ class Prepared:
 
     @property
     def costs(self) -> StepCosts:
+        """Counted FLOPs of each action at each step (what every trial's ``flops_ratio`` reports)."""
         return self.evaluator.costs
+
+    @property
+    def budget_costs(self) -> StepCosts:
+        """What the budget counts: measured seconds with ``cost="measured"``, else the counted FLOPs."""
+        return self.measured if self.measured is not None else self.costs
 
     @property
     def selective(self) -> SelectiveConfig:
@@ -104,7 +113,7 @@ class Prepared:
         """FORA's best uniform schedule within the budget with the search's selective settings (the ones its
         FLOPs were counted for), reusing as cached."""
         c = self.config
-        schedule = best_fora_within(self.costs, c.budget_flops, selective=c.selective is not None,
+        schedule = best_fora_within(self.budget_costs, c.budget_flops, selective=c.selective is not None,
                                     injected=Action.DEEP if c.per_depth else Action.SELECTIVE,
                                     depth_split=c.depth_split)
         return replace(schedule, selective=self.selective)
@@ -165,6 +174,8 @@ class Setup:
         forecast_choice: The forecast-order runs (``ForecastChoice.to_dict()``), if they ran.
         probe_summary: The probe in one line, if it ran.
         forecast_summary: The forecast choice in one line, if it ran.
+        step_costs: With ``cost="measured"``, the measured :class:`StepCosts` (seconds) as a dict: stored, so a
+            resumed search keeps the budget it started with.
     """
 
     monotone: str | None
@@ -173,11 +184,24 @@ class Setup:
     forecast_choice: dict[str, Any] | None = None
     probe_summary: str | None = None
     forecast_summary: str | None = None
+    step_costs: dict[str, Any] | None = None
+
+    @property
+    def measured_costs(self) -> StepCosts | None:
+        if self.step_costs is None:
+            return None
+        return StepCosts(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in self.step_costs.items()})
 
     @property
     def summary(self) -> list[str]:
-        return [f"{what}: {line}" for what, line in (("probe", self.probe_summary),
-                                                     ("forecast", self.forecast_summary)) if line]
+        lines = [f"{what}: {line}" for what, line in (("probe", self.probe_summary),
+                                                      ("forecast", self.forecast_summary)) if line]
+        costs = self.measured_costs
+        if costs is not None:
+            lines.append(f"cost: the budget counts time measured on this device: FULL {costs.full[0] * 1e3:.2f} ms, "
+                         f"REUSE {costs.reuse[0] * 1e3:.2f} ms ({costs.reuse[0] / costs.full[0]:.1%} of FULL) per "
+                         "step")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,6 +220,10 @@ def measure(prepared: Prepared, lap: Callable[[str], None] = lambda phase: None)
     """
     config, evaluator = prepared.config, prepared.evaluator
     setup = Setup(config.monotone, 0 if config.forecast == "auto" else config.forecast)
+    if config.cost == "measured":  # first: the FORA start point of the forecast choice is chosen within the budget
+        prepared.measured = evaluator.measured_costs()
+        setup = replace(setup, step_costs=asdict(prepared.measured))
+        lap("costs")
     if config.monotone == "auto":
         error = OBJECTIVES.create("feature_error")
         report = probe_reuse_sensitivity(lambda s: error.score(evaluator.run(s), evaluator.reference()).mean,
@@ -218,7 +246,8 @@ def measure(prepared: Prepared, lap: Callable[[str], None] = lambda phase: None)
 def build_space(prepared: Prepared, setup: Setup) -> ScheduleSpace:
     """Phase 3a: the constrained space (ProCache Eqs. 2-4 and the FLOPs budget) the strategy searches."""
     c = prepared.config
-    return ScheduleSpace(c.num_inference_steps, max_flops_ratio=c.budget_flops, costs=prepared.costs, v_min=c.v_min,
+    return ScheduleSpace(c.num_inference_steps, max_flops_ratio=c.budget_flops, costs=prepared.budget_costs,
+                         v_min=c.v_min,
                          v_max=c.v_max, monotone=setup.monotone, selective=c.selective is not None,
                          selective_config=prepared.selective, forecast_order=setup.forecast,
                          refresh="deep" if c.per_depth else "selective", depth_split=c.depth_split)

@@ -258,3 +258,30 @@ def test_the_objective_set_is_built_once_per_search(monkeypatch):
                         forecast="auto", **{**FAST, "heldout": 2})
     # one feature_error for the forecast choice, the trials and the held-out check; psnr and latency for the latter
     assert sorted(created) == ["feature_error", "latency", "psnr"]
+
+
+def test_a_budget_in_measured_time_is_kept_and_stored_for_resume(tmp_path, monkeypatch):
+    """cost="measured": the space counts seconds timed on this device; the costs are measured once and stored
+    with the search, so a resumed search keeps its budget without timing again."""
+    from procache_opt import measured_costs
+
+    monkeypatch.setenv("PROCACHE_OPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(measured_costs, "_MEMORY", {})
+    measured = []
+    original = measured_costs.measure_step_costs
+    monkeypatch.setattr(measured_costs, "measure_step_costs",
+                        lambda *args, **kw: measured.append(1) or original(*args, **kw))
+    options = {**FAST, "monotone": None, "forecast": 0, "seed": 0}
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, cost="measured", strategy="random",
+                                 n_trials=3, storage=tmp_path / "run", **options)
+    time_line = next(line for line in result.summary_lines if line.startswith("best: time ratio"))
+    assert float(time_line.split()[3]) <= 0.5
+    assert any(line.startswith("cost: the budget counts time") for line in result.summary_lines)
+    assert measured == [1]
+    resumed = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, cost="measured", strategy="random",
+                                  n_trials=4, storage=tmp_path / "run", **options)
+    assert measured == [1]  # the stored costs, not a new measurement
+    assert [t.schedule for t in resumed.trials[:3]] == [t.schedule for t in result.trials]
+    with pytest.raises(Exception, match="cost"):
+        procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=4,
+                            storage=tmp_path / "run", **options)

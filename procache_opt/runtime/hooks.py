@@ -115,14 +115,20 @@ class BlockCache:
 
     def cached(self, state: StepState, name: str) -> torch.Tensor:
         """The reused output of branch ``name`` at this step (forecast if asked), or an error saying why not."""
+        value, slope, tau = self.parts(state, name)
+        return value if slope is None else value + tau * slope
+
+    def parts(self, state: StepState, name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(value, slope, tau)`` with ``cached() == value + tau * slope`` (``slope`` None: reuse as stored), in the
+        branch's dtype; callers that add the output to something fold the forecast into that add."""
         cached = self._branch(state, name)
         if cached.output is None:
             self._missing(state, name)
         group = state.group(self.layer)
-        output = cached.output if self.dtype is None else cached.output.to(cached.dtype)
-        if state.now.slopes[group]:
-            return output + state.tau[group] * (cached.slope if self.dtype is None else cached.slope.to(cached.dtype))
-        return output
+        value = cached.output if self.dtype is None else cached.output.to(cached.dtype)
+        if not state.now.slopes[group]:
+            return value, None, None
+        return value, (cached.slope if self.dtype is None else cached.slope.to(cached.dtype)), state.tau[group]
 
     def tokens(self, state: StepState) -> TokenState:
         """The running guidance branch's token scores and staleness."""
@@ -238,19 +244,19 @@ class BlockReuseHook(ModelHook):
         if modulation is None:
             return None
         gate_attention, gate_feed_forward = self.adapter.residual_gates(module, modulation)
-        attention = self.cache.cached(state, self.adapter.self_attention)
-        cross = self.cache.cached(state, self.cross_attention) if self.cross_attention is not None else None
-        feed_forward = self.cache.cached(state, self.adapter.feed_forward)
+        terms = [(gate_attention, self.cache.parts(state, self.adapter.self_attention))]
+        if self.cross_attention is not None:
+            terms.append((None, self.cache.parts(state, self.cross_attention)))
+        terms.append((gate_feed_forward, self.cache.parts(state, self.adapter.feed_forward)))
         if torch.compiler.is_compiling():  # the compiler fuses and allocates; keep the graph functional
-            output = torch.addcmul(hidden_states, gate_attention, attention)
-            output = output if cross is None else output + cross
-            return torch.addcmul(output, gate_feed_forward, feed_forward)
-        return self._add_in_place(module, hidden_states, gate_attention, attention, cross,
-                                  gate_feed_forward, feed_forward)
+            output = hidden_states
+            for gate, part in terms:
+                output = _add_term(output, gate, part, in_place=False)
+            return output
+        return self._add_in_place(module, hidden_states, terms)
 
-    def _add_in_place(self, module: nn.Module, hidden_states: torch.Tensor, gate_attention: torch.Tensor,
-                      attention: torch.Tensor, cross: torch.Tensor | None, gate_feed_forward: torch.Tensor,
-                      feed_forward: torch.Tensor) -> torch.Tensor:
+    def _add_in_place(self, module: nn.Module, hidden_states: torch.Tensor,
+                      terms: list[tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]]) -> torch.Tensor:
         """Eager mode: in a run of skipped blocks only the first allocates its output.
 
         On the CPU machines measured here a fresh ``(B, N, D)`` tensor costs page faults worth 10 times the add
@@ -260,18 +266,34 @@ class BlockReuseHook(ModelHook):
         state, layer = self.state, self.cache.layer
         previous = state.skipped_output
         if previous is not None and previous[0] == layer - 1 and previous[1]() is hidden_states:
-            output = hidden_states.addcmul_(gate_attention, attention)
+            output = hidden_states
         else:
             # In the layout of the cached output, not the input's: DiT's patch embedding returns a transposed
             # view, and every later in-place add over mismatched strides ran 6x slower (0.18 vs 0.03 ms).
             # (out= is not differentiable; with autograd recording, speed is not the point.)
-            into = None if torch.is_grad_enabled() else torch.empty_like(attention)
-            output = torch.addcmul(hidden_states, gate_attention, attention, out=into)
-        if cross is not None:
-            output += cross
-        output.addcmul_(gate_feed_forward, feed_forward)
+            (gate, (value, slope, tau)), terms = terms[0], terms[1:]
+            into = None if torch.is_grad_enabled() else torch.empty_like(value)
+            output = torch.addcmul(hidden_states, gate, value, out=into)
+            if slope is not None:
+                output.addcmul_(gate * tau, slope)
+        for gate, part in terms:
+            output = _add_term(output, gate, part, in_place=True)
         state.skipped_output = (layer, weakref.ref(output)) if _unobserved(module, output) else None
         return output
+
+
+def _add_term(output: torch.Tensor, gate: torch.Tensor | None, part: tuple[torch.Tensor, ...],
+              in_place: bool) -> torch.Tensor:
+    """``output + gate * (value + tau * slope)`` (``gate`` None: 1; ``slope`` None: no forecast), the forecast
+    folded into the add so that no forecast tensor is made."""
+    value, slope, tau = part
+    if in_place:
+        output = output.add_(value) if gate is None else output.addcmul_(gate, value)
+        if slope is not None:
+            output.addcmul_(tau if gate is None else gate * tau, slope)
+        return output
+    output = output + value if gate is None else torch.addcmul(output, gate, value)
+    return output if slope is None else torch.addcmul(output, tau if gate is None else gate * tau, slope)
 
 
 def _unobserved(module: nn.Module, output: torch.Tensor) -> bool:
