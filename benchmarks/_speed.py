@@ -17,11 +17,14 @@ return latents.
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -204,3 +207,17 @@ def call_kinds(schedule: Schedule, seconds: list[float]) -> dict[str, list[float
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def cpu_benchmark_args(doc: str, script: str) -> tuple[argparse.Namespace, str, str]:
+    """``--repeats`` and ``--out`` of a CPU benchmark, the command line to record, and the load average now.
+
+    Sets one torch thread: the reports compare CPU time of one thread, which a shared machine does not inflate.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    command = f"python benchmarks/{script} --repeats {args.repeats}" + (f" --out {args.out}" if args.out else "")
+    return args, command, " / ".join(f"{v:.2f}" for v in os.getloadavg())

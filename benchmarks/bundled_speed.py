@@ -18,10 +18,7 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import _speed
@@ -117,14 +114,7 @@ def report(schedules: dict[str, Schedule], errors: dict[str, float], seconds: di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    command = f"python benchmarks/bundled_speed.py --repeats {args.repeats}"
-    command += f" --out {args.out}" if args.out else ""
+    args, command, load = _speed.cpu_benchmark_args(__doc__, "bundled_speed.py")
     schedules = {"FULL": Schedule.full(50), "FORA 2 (published)": FORA_2, **searched()}
     pipe = zoo.load("dit-digits")
     pipe.set_progress_bar_config(disable=True)

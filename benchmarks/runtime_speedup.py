@@ -21,11 +21,8 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import os
 import platform
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import _speed
@@ -186,16 +183,9 @@ def report(parts: dict[str, Any], repeats: int, command: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    command = f"python benchmarks/runtime_speedup.py --repeats {args.repeats}"
-    if args.out:
-        command += f" --out {args.out}"
+    args, command, load = _speed.cpu_benchmark_args(__doc__, "runtime_speedup.py")
     dit, pixart = _speed.SIZES["dit-s2"], _speed.SIZES["pixart-s"]
-    parts: dict[str, Any] = {"load": " / ".join(f"{v:.2f}" for v in os.getloadavg())}
+    parts: dict[str, Any] = {"load": load}
     with torch.no_grad():
         parts["dit"] = measure(dit, list(_speed.schedules(dit)), args.repeats)
         parts["dit_branch_hooks"] = measure(dit, ["FORA 3"], args.repeats, fast=False)
