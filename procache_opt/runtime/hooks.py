@@ -238,12 +238,13 @@ class BlockReuseHook(ModelHook):
     def _skip(self, module: nn.Module, hidden_states: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor | None:
         """The skipped block's output, or ``None`` if its modulation cannot be had (the block then runs)."""
         state, layer = self.state, self.cache.layer
-        modulation = self.memo.block_modulation(layer) if self.memo is not None else None
-        if modulation is None:
+        gates = self.memo.block_gates(layer) if self.memo is not None else None
+        if gates is None:
             modulation = self.adapter.modulation(module, hidden_states, kwargs)
-        if modulation is None:
-            return None
-        gate_attention, gate_feed_forward = self.adapter.residual_gates(module, modulation)
+            if modulation is None:
+                return None
+            gates = self.adapter.residual_gates(module, modulation)
+        gate_attention, gate_feed_forward = gates
         terms = [(gate_attention, self.cache.parts(state, self.adapter.self_attention))]
         if self.cross_attention is not None:
             terms.append((None, self.cache.parts(state, self.cross_attention)))

@@ -32,6 +32,7 @@ from diffusers.models.transformers.dit_transformer_2d import DiTTransformer2DMod
 from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
 from torch import nn
 
+from procache_opt.runtime.blocks import adapter_for
 from procache_opt.runtime.context import StepState
 
 __all__ = ["ConditioningMemo", "TableHook", "memo_for"]
@@ -118,8 +119,8 @@ class ConditioningMemo:
             self._tables.pop(branch, None)
         self.current = {}
 
-    def block_modulation(self, layer: int) -> torch.Tensor | None:
-        """Block ``layer``'s modulation at the running step, if it has a table of its own (else ``None``)."""
+    def block_gates(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Block ``layer``'s residual gates at the running step (``BlockAdapter.residual_gates``), if tabled."""
         return None
 
     def nbytes(self) -> int:
@@ -149,6 +150,10 @@ class AdaLNZeroMemo(ConditioningMemo):
     that call reads block 0's table too.
     """
 
+    def __init__(self, transformer: nn.Module, state: StepState) -> None:
+        super().__init__(transformer, state)
+        self._gate_keys = [f"gates.{layer}" for layer in range(len(transformer.transformer_blocks))]
+
     def sites(self) -> dict[str, nn.Module]:
         sites = {}
         for layer, block in enumerate(self.transformer.transformer_blocks):
@@ -171,12 +176,16 @@ class AdaLNZeroMemo(ConditioningMemo):
         for layer, block in enumerate(self.transformer.transformer_blocks):
             emb = block.norm1.emb(flat_t, labels, hidden_dtype=conditions["dtype"])
             rows[f"emb.{layer}"] = emb.reshape(steps, batch, -1)
-            rows[f"mod.{layer}"] = block.norm1.linear(block.norm1.silu(emb)).reshape(steps, batch, -1)
+            modulation = block.norm1.linear(block.norm1.silu(emb))
+            rows[f"mod.{layer}"] = modulation.reshape(steps, batch, -1)
+            # views of the modulation table: what a skipped block needs, without slicing it at every step
+            gates = adapter_for(block).residual_gates(block, modulation)
+            rows[f"gates.{layer}"] = tuple(gate.reshape(steps, batch, *gate.shape[1:]) for gate in gates)
         rows["final"] = self.transformer.proj_out_1(F.silu(rows["emb.0"].flatten(0, 1))).reshape(steps, batch, -1)
         return rows
 
-    def block_modulation(self, layer: int) -> torch.Tensor | None:
-        return self.current.get(f"mod.{layer}")
+    def block_gates(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.current.get(self._gate_keys[layer])
 
 
 class AdaLNSingleMemo(ConditioningMemo):
