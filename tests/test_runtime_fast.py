@@ -275,17 +275,24 @@ def test_a_block_whose_output_is_observed_is_not_updated_in_place(tiny_dit_pipel
     assert all(torch.equal(a, b) for a, b in zip(seen, copies, strict=True))
 
 
-def test_selective_config_of_a_schedule_reaches_the_fast_path() -> None:
-    """Shallow blocks are skipped on SELECTIVE steps, deep ones are not (they refresh tokens)."""
+def test_on_selective_steps_shallow_blocks_are_skipped_and_deep_ones_compute_only_their_fresh_tokens() -> None:
     from procache_opt.testing import tiny_dit_pipeline
 
     pipe = tiny_dit_pipeline()
-    config = SelectiveConfig()
-    deep = config.deep_start(len(pipe.transformer.transformer_blocks))
-    counts = _counting({f"norm{layer}": block.norm3 for layer, block in enumerate(pipe.transformer.transformer_blocks)})
-    with torch.no_grad(), apply(pipe, Schedule.from_pattern([1, 2, 1, 2, 1, 2, 1, 2, 1, 2], selective=config)):
+    config = SelectiveConfig(step_weight=0.0)  # ToCa's step factor would refresh nothing this early
+    blocks = pipe.transformer.transformer_blocks
+    deep = config.deep_start(len(blocks))
+    rows: dict[str, list[int]] = {"deep": [], "shallow": []}
+    for name, layer in (("deep", deep), ("shallow", deep - 1)):
+        blocks[layer].ff.net[0].register_forward_pre_hook(
+            lambda m, args, name=name: rows[name].append(args[0].shape[1]))
+    schedule = Schedule.from_pattern([1, 2] * (STEPS // 2), selective=config)
+    with torch.no_grad(), apply(pipe, schedule):
         _dit(pipe)
-    assert counts[f"norm{deep}"] == STEPS and counts[f"norm{deep - 1}"] == STEPS // 2
+    fresh = [config.num_fresh_tokens(64, step, STEPS, deep, len(blocks)) for step in range(1, STEPS, 2)]
+    assert rows["shallow"] == [64] * (STEPS // 2)  # FULL steps only
+    assert rows["deep"] == [n for pair in zip([64] * (STEPS // 2), fresh, strict=True) for n in pair if n > 0]
+    assert 0 < fresh[-1] < 64
 
 
 @torch.no_grad()

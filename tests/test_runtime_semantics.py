@@ -139,7 +139,9 @@ def test_selective_refreshes_the_most_important_tokens() -> None:
     calls = [_dit_call(0, 900), _dit_call(1, 500)]
     ff_io: list[tuple[torch.Tensor, torch.Tensor]] = []
     model.transformer_blocks[deep].ff.register_forward_hook(lambda m, args, out: ff_io.append((args[0], out.clone())))
-    _cached_run(model, Schedule.from_pattern([1, 2], selective=config), calls)
+    # fast=False: the feed-forward module sees every token here; the fast path sends it the selected ones only
+    # (tests/test_runtime_fast.py checks that both agree)
+    _cached_run(model, Schedule.from_pattern([1, 2], selective=config), calls, fast=False)
     (_, full_out), (selective_in, selective_out) = ff_io
 
     # expected scores: attention received at the FULL step, no staleness yet, spatial bonus on the 8x8 grid

@@ -109,6 +109,17 @@ class BlockAdapter:
         chunks = (block.scale_shift_table[None] + modulation.reshape(modulation.shape[0], 6, -1)).chunk(6, dim=1)
         return chunks[2], chunks[5]
 
+    def feed_forward_input(self, block: nn.Module, hidden_states: torch.Tensor,
+                           modulation: torch.Tensor) -> torch.Tensor:
+        """What ``BasicTransformerBlock.forward`` feeds its feed-forward for these tokens: the feed-forward norm
+        (DiT ``norm3``, PixArt ``norm2``: per token, so any subset of tokens can be normalised alone) with the
+        ``shift_mlp``/``scale_mlp`` chunks of the modulation applied."""
+        if block.norm_type == "ada_norm_zero":
+            chunks = modulation.chunk(6, dim=1)
+            return block.norm3(hidden_states) * (1 + chunks[4][:, None]) + chunks[3][:, None]
+        chunks = (block.scale_shift_table[None] + modulation.reshape(modulation.shape[0], 6, -1)).chunk(6, dim=1)
+        return block.norm2(hidden_states) * (1 + chunks[4]) + chunks[3]
+
     def check(self, block: nn.Module) -> None:
         """Fail early on block settings that would call a branch more than once per forward."""
         if getattr(block, "_chunk_size", None) is not None:

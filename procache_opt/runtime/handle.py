@@ -190,13 +190,17 @@ def apply(target: Any, schedule: Schedule, *, scheduler: Any = None, fast: bool 
             handle.caches.append(cache)
             deep = layer >= deep_start
             hooks = _block_hooks(handle, block, adapter, cache, deep=deep, num_layers=len(blocks))
+            feed_forward = None
             for name, module in adapter.branches(block).items():
-                handle._attach(module, BRANCH_HOOK, hooks(name))
+                hook = hooks(name)
+                handle._attach(module, BRANCH_HOOK, hook)
+                if isinstance(hook, SelectiveFeedForwardHook):
+                    feed_forward = hook
             for name, norm in adapter.branch_input_norms(block).items():
                 refreshed = deep and name == adapter.feed_forward
                 handle._attach(norm, NORM_HOOK, UnusedNormHook(state, layer, refreshed_on_selective=refreshed))
             if fast:
-                handle._attach(block, BLOCK_HOOK, BlockReuseHook(state, cache, adapter, handle.memo, deep))
+                handle._attach(block, BLOCK_HOOK, BlockReuseHook(state, cache, adapter, handle.memo, feed_forward))
         transformer._diffusers_hook.invalidate_child_registries_cache()
     except BaseException:
         handle.remove()

@@ -123,6 +123,10 @@ class ConditioningMemo:
         """Block ``layer``'s residual gates at the running step (``BlockAdapter.residual_gates``), if tabled."""
         return None
 
+    def block_modulation(self, layer: int) -> torch.Tensor | None:
+        """Block ``layer``'s own ``(B, 6D)`` modulation at the running step, if tabled."""
+        return None
+
     def nbytes(self) -> int:
         """Bytes held by the tables (the storage behind every step's views, counted once)."""
         storages = {id(t.untyped_storage()): t.untyped_storage().nbytes()
@@ -186,6 +190,9 @@ class AdaLNZeroMemo(ConditioningMemo):
 
     def block_gates(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self.current.get(self._gate_keys[layer])
+
+    def block_modulation(self, layer: int) -> torch.Tensor | None:
+        return self.current.get(f"mod.{layer}")
 
 
 class AdaLNSingleMemo(ConditioningMemo):
