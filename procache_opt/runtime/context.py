@@ -99,7 +99,7 @@ class StepState:
         forced_step: Step index set by ``handle.at_step``; overrides the timestep lookup.
         last_step: Step index of the previous call, else ``None``.
         skipped_output: ``(layer, weak reference to its output)`` of the last block the running call skipped, if
-            only the transformer's loop holds that output (``hooks.BlockReuseHook`` then updates it in place).
+            only the transformer's loop holds that output (``skip.BlockReuseHook`` then updates it in place).
         tau: With forecasting, per block group (shallow, deep): steps since the group's last FULL step, as a
             0-d tensor (a Python number would make a compiled graph specialise on it).
         span: Likewise, steps between the group's last two FULL steps (the forecast's slope divides by it).

@@ -21,10 +21,9 @@ from torch import nn
 
 from procache_opt.fingerprint import model_signature
 from procache_opt.runtime.blocks import BlockAdapter, adapter_for, transformer_blocks
+from procache_opt.runtime.cache import BlockCache
 from procache_opt.runtime.context import StepState, StepTrackerHook
 from procache_opt.runtime.hooks import (
-    BlockCache,
-    BlockReuseHook,
     BranchCacheHook,
     CaptureHook,
     ScoredSelfAttentionHook,
@@ -32,6 +31,7 @@ from procache_opt.runtime.hooks import (
     UnusedNormHook,
 )
 from procache_opt.runtime.modulation import ConditioningMemo, memo_for
+from procache_opt.runtime.skip import BlockReuseHook
 from procache_opt.schedule import Action, Schedule
 
 __all__ = ["CacheHandle", "apply", "STEP_HOOK", "BRANCH_HOOK", "BLOCK_HOOK", "CAPTURE_HOOK", "NORM_HOOK",
