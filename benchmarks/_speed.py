@@ -220,4 +220,9 @@ def cpu_benchmark_args(doc: str, script: str) -> tuple[argparse.Namespace, str, 
     args = parser.parse_args()
     torch.set_num_threads(1)
     command = f"python benchmarks/{script} --repeats {args.repeats}" + (f" --out {args.out}" if args.out else "")
-    return args, command, " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    return args, command, load_average()
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages: on a shared machine, what else was running."""
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())

@@ -78,7 +78,8 @@ def report(schedules: dict[str, Schedule], errors: dict[str, float], seconds: di
     lines = [
         "# Searched schedules on the bundled model: measured speed and speed at equal quality",
         "",
-        f"- Machine: {machine_facts()}; torch {torch.__version__}, 1 thread; load average at the start {load}.",
+        f"- Machine: {machine_facts()}; torch {torch.__version__}, 1 thread; load average at the start {load}, "
+        f"at the end {_speed.load_average()}.",
         f"- `dit-digits` (12 blocks, 64 tokens), 50 DDIM steps, guidance 4; timed: {IMAGES} images per call "
         "(batch 16), CPU time, median of the timed rounds after a warm-up round; held-out error: feature_error "
         "(relative L2 of the final latents) on the 16 held-out samples.",

@@ -147,7 +147,7 @@ def report(parts: dict[str, Any], repeats: int, command: str) -> str:
         "",
         f"- Machine: {machine_facts()}; torch {torch.__version__} with {torch.get_num_threads()} thread(s); "
         f"diffusers {diffusers.__version__}; Python {platform.python_version()}; load average at the start "
-        f"{parts['load']}.",
+        f"{parts['load']}, at the end {_speed.load_average()}.",
         "- Models: random weights, fp32, batch 2 per call (one image, classifier-free guidance batched); "
         "see `benchmarks/_speed.py`.",
         f"- Protocol: 1 warm-up round discarded, then {repeats} rounds running every schedule once in the same "
