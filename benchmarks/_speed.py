@@ -209,7 +209,7 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def cpu_benchmark_args(doc: str, script: str) -> tuple[argparse.Namespace, str, str]:
+def cpu_benchmark_args(doc: str, script: str, reuse: bool = False) -> tuple[argparse.Namespace, str, str]:
     """``--repeats`` and ``--out`` of a CPU benchmark, the command line to record, and the load average now.
 
     Sets one torch thread: the reports compare CPU time of one thread, which a shared machine does not inflate.
@@ -217,9 +217,12 @@ def cpu_benchmark_args(doc: str, script: str) -> tuple[argparse.Namespace, str, 
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    if reuse:
+        parser.add_argument("--reuse", action="store_true", help="time the schedules of the last run again")
     args = parser.parse_args()
     torch.set_num_threads(1)
     command = f"python benchmarks/{script} --repeats {args.repeats}" + (f" --out {args.out}" if args.out else "")
+    command += " --reuse" if getattr(args, "reuse", False) else ""
     return args, command, load_average()
 
 

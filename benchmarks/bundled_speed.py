@@ -14,13 +14,18 @@ The targets (issue "REUSE steps at the cost of their arithmetic"): the default s
 0.85 of its analytic speedup; the fastest searched schedule whose held-out error is no worse than FORA-2's at
 least 3x faster than the full computation.
 
+The searched schedules are saved next to the report (``bundled_speed_schedules.json``); ``--reuse`` times those
+again without searching (the searches take ~25 minutes, the timing ~3).
+
 Usage:
-    python benchmarks/bundled_speed.py --out benchmarks/results/bundled_speed.md
+    python benchmarks/bundled_speed.py --out benchmarks/results/bundled_speed.md [--reuse]
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import _speed
@@ -117,9 +122,17 @@ def report(schedules: dict[str, Schedule], errors: dict[str, float], seconds: di
     return "\n".join(lines) + "\n"
 
 
+SAVED = Path(__file__).parent / "results" / "bundled_speed_schedules.json"
+
+
 def main() -> None:
-    args, command, load = _speed.cpu_benchmark_args(__doc__, "bundled_speed.py")
-    schedules = {"FULL": Schedule.full(50), "FORA 2 (published)": FORA_2, **searched()}
+    args, command, load = _speed.cpu_benchmark_args(__doc__, "bundled_speed.py", reuse=True)
+    if args.reuse:
+        found = {name: Schedule.from_dict(data) for name, data in json.loads(SAVED.read_text()).items()}
+    else:
+        found = searched()
+        SAVED.write_text(json.dumps({name: schedule.to_dict() for name, schedule in found.items()}, indent=1))
+    schedules = {"FULL": Schedule.full(50), "FORA 2 (published)": FORA_2, **found}
     pipe = zoo.load("dit-digits")
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
