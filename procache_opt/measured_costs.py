@@ -16,6 +16,9 @@ it (scored minus plain FULL calls; a run of several SELECTIVE steps shares one s
 
 Results are cached in memory and on disk (``$PROCACHE_OPT_CACHE`` or ``~/.cache/procache-opt``, one JSON file
 per model config, device, dtype, batch and step count), written atomically; delete a file to measure again.
+The cache does not know what else ran during the measurement: measure on an otherwise idle device (on this
+project's shared CPU a time budget of 0.3 measured under load gave a schedule that ran at 0.34 of the full
+computation's time once the machine was idle, ``benchmarks/results/bundled_speed.md``).
 """
 
 from __future__ import annotations
