@@ -139,6 +139,7 @@ FLAG_VALUES = {
     "--monotone": st.sampled_from(["auto", "none", "sideways"]),
     "--depth-split": st.sampled_from(["0.5", "0", "1", "nan"]),
     "--forecast": st.sampled_from(["auto", "0", "1", "2"]),
+    "--cost": st.sampled_from(["flops", "measured", "time"]),
     "--seed": st.sampled_from(["0", "-1", "x"]),
     "--backend": st.sampled_from(["local", "ray", "dask"]),
     "--workers": st.sampled_from(["2", "0", "x"]),

