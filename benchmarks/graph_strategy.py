@@ -124,6 +124,12 @@ def _premise_rows(full: Cell, others: Sequence[Cell], n_trials: int) -> list[str
             f"{sps.spearmanr(worst, real).statistic:.2f} | {ratio:.2f} |"]
 
 
+def _section(title: str, caption: str, columns: list[str]) -> list[str]:
+    """A report section's heading, caption and table header."""
+    return ["", f"## {title}", "", caption, "", "| " + " | ".join(columns) + " |",
+            "|" + " --- |" * len(columns)]
+
+
 def report(results: dict[str, CompareResult], command: str, elapsed_s: float | None,
            loads: tuple[str, str]) -> str:
     equal, graph, full = results["equal"], results["graph"], results["full"]
@@ -147,39 +153,35 @@ def report(results: dict[str, CompareResult], command: str, elapsed_s: float | N
         f"- Machine: {facts['cpu']}, {facts['cores']} cores, GPU {facts['gpu']}; torch {facts['torch']} "
         f"({facts['torch threads']} thread), diffusers {facts['diffusers']}. Shared with other jobs: load average "
         f"(1, 5, 15 min) {loads[0]} at the start of this run, {loads[1]} at the end. Seconds are noisy; compare "
-        "them within one table only.", "",
-        "## Strategies", "",
-        "Per budget: searches, trials per search (median; probes among them), held-out `feature_error` of the "
-        "best schedule (mean ± sd over seeds), held-out PSNR, best calibration loss, FLOPs ratio, evaluations and "
-        "cumulative evaluation seconds until the best-so-far calibration loss is within 5% of the best any search "
-        "found at that budget (median over the seeds that reached it), wall seconds per search and evaluation "
-        "seconds per search.", "",
-        "| budget | strategy | searches | trials | held-out feature_error | held-out PSNR | calibration loss | "
-        "FLOPs ratio | evals to 5% | eval s to 5% | search s | eval s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "them within one table only.",
+        *_section("Strategies", "Per budget: searches, trials per search (median; probes among them), held-out "
+                  "`feature_error` of the best schedule (mean ± sd over seeds), held-out PSNR, best calibration loss, "
+                  "FLOPs ratio, evaluations and cumulative evaluation seconds until the best-so-far calibration loss "
+                  "is within 5% of the best any search found at that budget (median over the seeds that reached "
+                  "it), wall seconds per search and evaluation seconds per search.",
+                  ["budget", "strategy", "searches", "trials", "held-out feature_error", "held-out PSNR",
+                   "calibration loss", "FLOPs ratio", "evals to 5%", "eval s to 5%", "search s", "eval s"]),
     ]
     for budget in equal.config.budgets:
         cells = {s: equal.cells_at(budget, s) for s in equal.config.strategies}
         cells[f"graph, {graph.config.n_trials} evaluations"] = graph.cells_at(budget, "graph")
         cells[FULL] = full.cells_at(budget, "graph")
         lines += _strategy_rows({k: v for k, v in cells.items() if v}, budget)
-    lines += ["", "## The paths `graph` proposed", "",
-              "Each candidate with what the DP predicted from the segment errors (sum and worst segment) and its "
-              "real calibration loss. The first candidate is the lexicographic-minimax best, the second the "
-              "min-sum best, then the next points down each front.", "",
-              "| budget | run | pattern | order | predicted sum | predicted worst | real loss | FLOPs ratio |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += _section("The paths `graph` proposed", "Each candidate with what the DP predicted from the segment "
+                      "errors (sum and worst segment) and its real calibration loss. The first candidate is the "
+                      "lexicographic-minimax best, the second the min-sum best, then the next points down each front.",
+                      ["budget", "run", "pattern", "order", "predicted sum", "predicted worst", "real loss",
+                       "FLOPs ratio"])
     for budget in equal.config.budgets:
         for cell in full.cells_at(budget, "graph"):
             lines += _candidate_rows(cell, FULL)
         for cell in graph.cells_at(budget, "graph"):
             lines += _candidate_rows(cell, f"graph, {graph.config.n_trials} evaluations")
-    lines += ["", "## LeMiCa's premise on this model", "",
-              "Does caching error add up over segments? For every distinct schedule the other strategies evaluated "
-              "at a budget, the sum and the worst of its segments' measured errors (from the full-measurement run) "
-              "against its real calibration loss: Spearman rank correlation, and the median ratio real / sum.", "",
-              "| budget | schedules | Spearman (sum) | Spearman (worst) | median real / sum |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += _section("LeMiCa's premise on this model", "Does caching error add up over segments? For every "
+                      "distinct schedule the other strategies evaluated at a budget, the sum and the worst of its "
+                      "segments' measured errors (from the full-measurement run) against its real calibration loss: "
+                      "Spearman rank correlation, and the median ratio real / sum.",
+                      ["budget", "schedules", "Spearman (sum)", "Spearman (worst)", "median real / sum"])
     for budget in equal.config.budgets:
         for cell in full.cells_at(budget, "graph"):
             lines += _premise_rows(cell, equal.cells_at(budget), full.config.n_trials)
