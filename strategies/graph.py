@@ -63,9 +63,11 @@ class GraphStrategy(Strategy):
     """
 
     name = "graph"
+    #: Paths proposed after the measurements unless ``num_candidates`` says otherwise.
+    default_candidates = 4
 
     def __init__(self, space: ScheduleSpace, seed: int = 0, order: Order = "minimax", objective: str | None = None,
-                 num_candidates: int = 4, max_probes: int | None = None) -> None:
+                 num_candidates: int = default_candidates, max_probes: int | None = None) -> None:
         if order not in ORDERS:
             raise ValueError(f"order={order!r}; allowed: {', '.join(map(repr, ORDERS))}")
         if num_candidates < 1:
@@ -90,7 +92,7 @@ class GraphStrategy(Strategy):
     @classmethod
     def options_for_budget(cls, n_trials: int) -> dict[str, Any]:
         """Probes that leave room for the FORA start point and the default candidates within ``n_trials``."""
-        return {"max_probes": max(1, n_trials - 1 - 4)}
+        return {"max_probes": max(1, n_trials - 1 - cls.default_candidates)}
 
     @property
     def evaluations_needed(self) -> int:
