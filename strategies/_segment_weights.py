@@ -1,12 +1,13 @@
-"""Which segments the ``graph`` strategy measures, and the weights of those it does not.
+"""Which segments the ``graph`` strategy measures, in which rounds, and the weights of those it has not.
 
 Measuring every segment a member can use is LeMiCa's way (arXiv 2511.00090): one run per edge. On 50 steps
-that is 200-400 runs, more than an evaluation budget of a few dozen allows. With ``max_probes`` the strategy
-measures a spread-out subset instead (every length's first and last start, the rest evenly in between) and
-interpolates the others: linearly in the start step for a measured length, linearly in the length between
-measured lengths, and in proportion to the reused steps beyond them. The premise is that a segment's error
-changes smoothly along denoising, as the feature drift does (``benchmarks/results/feature_dynamics.md``); it
-is an approximation that full measurement does not need.
+that is 200-400 runs, more than an evaluation budget of a few dozen allows. So the strategy measures coarse to
+fine: a spread-out subset first (every length's first and last start, the rest evenly in between), then
+subsets twice as large, up to every segment or ``max_probes``; after each round it proposes the best paths
+under the weights known so far. Unmeasured segments are interpolated: linearly in the start step for a
+measured length, linearly in the length between measured lengths, and in proportion to the reused steps
+beyond them. The premise is that a segment's error changes smoothly along denoising, as the feature drift
+does (``benchmarks/results/feature_dynamics.md``); it is an approximation that full measurement does not need.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Segment", "estimate_weights", "plan_probes"]
+__all__ = ["Segment", "estimate_weights", "plan_probes", "probe_rounds"]
 
 #: ``(start step, length)``: one FULL step at ``start``, then ``length - 1`` reused steps.
 Segment = tuple[int, int]
@@ -60,6 +61,29 @@ def plan_probes(segments: Sequence[Segment], max_probes: int | None) -> list[Seg
     quotas = _share(max_probes, [len(starts[n]) for n in chosen], floor)
     return sorted((starts[n][i], n) for n, quota in zip(chosen, quotas, strict=True)
                   for i in _spread(len(starts[n]), quota))
+
+
+def probe_rounds(segments: Sequence[Segment], max_probes: int | None, first_round: int | None) -> list[list[Segment]]:
+    """The segments to measure, round by round, until every segment (or ``max_probes`` of them) is measured.
+
+    Round ``i`` adds the segments of :func:`plan_probes` with ``first_round * 2**i`` probes that are not
+    measured yet (the plans are spread anew at each size, so a round adds more than the size doubles), the last
+    round those of the plan at the cap; ``first_round=None`` measures in one round. No round repeats a segment.
+    """
+    cap = len(segments) if max_probes is None else min(max_probes, len(segments))
+    sizes, size = [], first_round or cap
+    while size < cap:
+        sizes.append(size)
+        size *= 2
+    sizes.append(cap)
+    rounds: list[list[Segment]] = []
+    measured: set[Segment] = set()
+    for size in sizes:
+        new = [seg for seg in plan_probes(segments, size) if seg not in measured][:cap - len(measured)]
+        if new:
+            rounds.append(new)
+            measured.update(new)
+    return rounds
 
 
 def estimate_weights(segments: Sequence[Segment], measured: Mapping[Segment, float]) -> dict[Segment, float]:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from procache_opt.strategies._segment_weights import estimate_weights, plan_probes
+from procache_opt.strategies._segment_weights import estimate_weights, plan_probes, probe_rounds
 from procache_opt.strategies.graph import GraphStrategy
 
 import procache_opt
@@ -30,6 +30,14 @@ class TestGraphSampled(StrategyConformance):
 
     strategy_cls = GraphStrategy
     strategy_kwargs = {"max_probes": 6, "num_candidates": 2, "order": "sum"}
+    seed_dependent = False
+
+
+class TestGraphRounds(StrategyConformance):
+    """Several rounds of probes, each followed by candidates."""
+
+    strategy_cls = GraphStrategy
+    strategy_kwargs = {"max_probes": 7, "first_round": 2, "num_candidates": 1}
     seed_dependent = False
 
 
@@ -65,7 +73,7 @@ SPACE = ScheduleSpace(30, max_flops_ratio=0.4, costs=synthetic_costs(30), v_min=
 
 def test_probes_are_single_segment_runs_outside_the_space() -> None:
     strategy = GraphStrategy(SPACE)
-    assert strategy.plan == [seg for seg in SPACE.segments() if seg[1] > 1]
+    assert sorted(strategy.plan) == [seg for seg in SPACE.segments() if seg[1] > 1]
     probes = strategy.ask(len(strategy.plan))
     assert strategy.ask(1) == [] and not strategy.is_finished  # nothing to propose until the probes are told
     for (start, length), probe in zip(strategy.plan, probes, strict=True):
@@ -80,7 +88,7 @@ def test_probes_are_single_segment_runs_outside_the_space() -> None:
 
 @pytest.mark.parametrize("order", ["sum", "minimax"])
 def test_on_an_additive_loss_the_first_candidate_is_the_exact_best(order: str) -> None:
-    strategy = GraphStrategy(SPACE, order=order)
+    strategy = GraphStrategy(SPACE, order=order, first_round=None)  # LeMiCa's way: measure all, then solve
     told = _drive(strategy, lambda s: _additive_loss(s, SPACE))
     candidates = [t for t in told if not t.probe]
     assert 2 <= len(candidates) <= 4 and all(SPACE.contains(t.schedule) for t in candidates)
@@ -97,6 +105,32 @@ def test_on_an_additive_loss_the_first_candidate_is_the_exact_best(order: str) -
     assert candidates[1].schedule.metadata["graph"]["order"] != order  # the other order's best comes next
 
 
+def test_rounds_end_with_the_exact_best_among_the_candidates() -> None:
+    strategy = GraphStrategy(SPACE)
+    assert [len(r) for r in np.split(strategy.plan, strategy.round_ends[:-1])][0] == 16
+    told = _drive(strategy, lambda s: _additive_loss(s, SPACE))
+    candidates = [t for t in told if not t.probe]
+    rounds = [t.schedule.metadata["graph"]["round"] for t in candidates]
+    assert rounds == sorted(rounds) and set(rounds) == set(range(len(strategy.round_ends)))
+    assert told[16].schedule.metadata["graph"]["round"] == 0  # the first paths right after the first round
+    best = min(SPACE.enumerate(), key=lambda s: _additive_loss(s, SPACE))
+    assert best in [t.schedule for t in candidates]
+    assert len(told) <= strategy.evaluations_needed and sorted(t.schedule.metadata["probe"]["start"] for t in told
+                                                              if t.probe) == sorted(s for s, _ in strategy.plan)
+
+
+def test_ask_serves_a_finished_rounds_candidates_first_and_probes_while_waiting() -> None:
+    strategy = GraphStrategy(SPACE, first_round=8, num_candidates=2)
+    probes = strategy.ask(20)  # round 0 untold: the next round's probes keep workers busy
+    assert len(probes) == 20 and all(is_probe(s) for s in probes) and strategy.round_ends[0] == 8
+    strategy.tell([TrialResult(i, s, TrialStatus.COMPLETE, value=_additive_loss(s, SPACE))
+                   for i, s in enumerate(probes[:8])])
+    batch = strategy.ask(3)
+    assert [s.metadata.get("graph", {}).get("round") for s in batch] == [0, 0, None]
+    start, length = strategy.plan[20]  # then the probes go on where they stopped
+    assert batch[2].metadata["probe"] == {"start": start, "length": length}
+
+
 def test_the_front_gives_every_budgets_best_from_one_measurement_pass() -> None:
     strategy = GraphStrategy(SPACE, order="sum")
     _drive(strategy, lambda s: _additive_loss(s, SPACE))
@@ -111,7 +145,7 @@ def test_the_front_gives_every_budgets_best_from_one_measurement_pass() -> None:
 
 
 def test_a_failed_probe_keeps_its_segment_out_of_every_path() -> None:
-    strategy = GraphStrategy(SPACE, order="sum")
+    strategy = GraphStrategy(SPACE, order="sum", first_round=None)
     unlucky = (0, 3)
 
     def fail(schedule: Schedule) -> bool:
@@ -166,27 +200,44 @@ def test_with_max_probes_on_linear_errors_it_finds_what_full_measurement_finds()
     def linear(schedule: Schedule) -> float:
         return sum(0.01 * s + 0.1 * (n - 1) for s, n in _segments(SPACE.intervals(schedule)))
 
-    full, sampled = GraphStrategy(SPACE, order="sum"), GraphStrategy(SPACE, order="sum", max_probes=15)
+    full = GraphStrategy(SPACE, order="sum", first_round=None)
+    sampled = GraphStrategy(SPACE, order="sum", max_probes=15, first_round=None)
     full_told, sampled_told = _drive(full, linear), _drive(sampled, linear)
     assert len(sampled_told) == 15 + 4 < len(full_told) // 4
     assert [t.schedule for t in sampled_told if not t.probe][0] == [t.schedule for t in full_told if not t.probe][0]
-    assert GraphStrategy.options_for_budget(24) == {"max_probes": 19}
+    assert GraphStrategy.options_for_budget(24) == {"max_probes": 19, "first_round": None}
 
 
-def test_state_resumes_exactly_through_the_candidates() -> None:
-    told = _drive(GraphStrategy(SPACE, max_probes=10), lambda s: _additive_loss(s, SPACE), batch=3)
-    probes = sum(t.probe for t in told)
-    for cut in range(len(told) + 1):
-        replay = GraphStrategy(SPACE, max_probes=10)
-        for start, stop in ((0, min(cut, probes)), (probes, cut)):  # the probes, then some candidates
-            if stop > start:
-                assert replay.ask(stop - start) == [t.schedule for t in told[start:stop]]
-                replay.tell(told[start:stop])
+def test_probe_rounds_grow_and_never_repeat_a_segment() -> None:
+    segments = [seg for seg in SPACE.segments() if seg[1] > 1]
+    rounds = probe_rounds(segments, None, 8)
+    flat = [seg for r in rounds for seg in r]
+    assert len(rounds[0]) == 8 and sorted(flat) == sorted(segments)  # every segment, once
+    assert [len(r) for r in rounds[:-1]] == sorted(len(r) for r in rounds[:-1])
+    assert sum(map(len, probe_rounds(segments, 20, 8))) == 20 and probe_rounds(segments, 20, None) == [
+        plan_probes(segments, 20)]
+
+
+def test_state_resumes_exactly_through_every_round() -> None:
+    def make() -> GraphStrategy:
+        return GraphStrategy(SPACE, max_probes=24, first_round=5, num_candidates=2)
+
+    strategy, batches = make(), []
+    while not strategy.is_finished:
+        batch = [TrialResult(0, s, TrialStatus.COMPLETE, value=_additive_loss(s, SPACE)) for s in strategy.ask(3)]
+        strategy.tell(batch)
+        batches.append(batch)
+    assert len(make().round_ends) == 4  # 5, then 10, 20 and 24 planned
+    for cut in range(len(batches) + 1):
+        replay = make()
+        for batch in batches[:cut]:
+            assert replay.ask(3) == [t.schedule for t in batch]
+            replay.tell(batch)
         state = json.loads(json.dumps(replay.state_dict()))
-        resumed = GraphStrategy(SPACE, max_probes=10)
-        resumed.tell(told[:cut])
+        resumed = make()
+        resumed.tell([t for batch in batches[:cut] for t in batch])
         resumed.load_state_dict(state)
-        assert resumed.ask(50) == replay.ask(50) and resumed.is_finished == replay.is_finished
+        assert resumed.ask(3) == replay.ask(3) and resumed.is_finished == replay.is_finished
 
 
 def test_probes_are_never_a_result_nor_on_a_curve() -> None:
@@ -210,7 +261,7 @@ def test_graph_search_on_a_tiny_dit() -> None:
     probes = [t for t in result.trials if t.probe]
     candidates = [t for t in result.trials[1:] if not t.probe]  # trial 0: the FORA start point
     assert len(result.trials) < 40  # the strategy finished: probes, then its candidates
-    assert probes and 1 <= len(candidates) <= 4 and all(t.schedule.metadata.get("graph") for t in candidates)
+    assert probes and candidates and all(t.schedule.metadata.get("graph") for t in candidates)
     assert all(t.ok for t in result.trials)
     assert not result.best_trial.probe and result.best_trial.flops_ratio <= 0.6
     assert min(t.value for t in probes) < result.best_trial.value  # probes (one segment reused) never win
