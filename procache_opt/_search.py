@@ -214,7 +214,7 @@ class _Bar:
         self._best = float("inf")
 
     def update_with(self, result: Any) -> None:
-        if result.ok:
+        if result.candidate:
             self._best = min(self._best, result.value)
         self._bar.set_postfix(best=f"{self._best:.4g}", refresh=False)
         self._bar.update(1)

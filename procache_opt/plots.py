@@ -38,12 +38,13 @@ def plot_search(result: SearchResult, path: str | os.PathLike[str] | None = None
     fig, (conv, sched) = plt.subplots(2, 1, figsize=(8, 4.5), gridspec_kw={"height_ratios": [3, 1]})
     xs, best, running = [], [], float("inf")
     for t in result.trials:
-        if t.ok:
+        if t.candidate:
             running = min(running, t.value)
         xs.append(t.trial_id)
         best.append(running)
     conv.plot(xs, best, drawstyle="steps-post")
-    conv.scatter([t.trial_id for t in result.completed], [t.value for t in result.completed], s=10, alpha=0.5)
+    shown = [t for t in result.trials if t.candidate]  # a probe's loss is no schedule's within the budget
+    conv.scatter([t.trial_id for t in shown], [t.value for t in shown], s=10, alpha=0.5)
     conv.set_xlabel("trial")
     conv.set_ylabel("loss (lower is better)")
     conv.set_title("search convergence")

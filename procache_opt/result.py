@@ -24,12 +24,12 @@ class NoCompletedTrialError(RuntimeError):
 
 
 def pareto_front(trials: list[TrialResult], quality: str = "value") -> list[TrialResult]:
-    """Completed trials not dominated in (FLOPs ratio, loss), sorted by FLOPs ratio.
+    """Completed trials (probes left out) not dominated in (FLOPs ratio, loss), sorted by FLOPs ratio.
 
     ``quality`` is ``"value"`` (the weighted loss) or an objective name in ``TrialResult.values`` (to
     minimise). One search thereby serves every budget: pick the front's member under your budget.
     """
-    ok = [t for t in trials if t.ok and t.flops_ratio is not None]
+    ok = [t for t in trials if t.candidate and t.flops_ratio is not None]
     loss = (lambda t: t.value) if quality == "value" else (lambda t: t.values[quality])
     front: list[TrialResult] = []
     for t in sorted(ok, key=lambda t: (t.flops_ratio, loss(t))):
@@ -80,8 +80,10 @@ class SearchResult:
 
     @property
     def best_trial(self) -> TrialResult:
+        """The completed trial with the lowest loss within the budget; measurement probes never count."""
         budget = self.config.get("budget_flops")
-        feasible = [t for t in self.completed if budget is None or (t.flops_ratio or 0.0) <= budget + 1e-12]
+        feasible = [t for t in self.completed
+                    if not t.probe and (budget is None or (t.flops_ratio or 0.0) <= budget + 1e-12)]
         if not feasible:
             failed = [t.error for t in self.trials if not t.ok][:3]
             raise NoCompletedTrialError(f"no trial completed within the budget ({len(self.trials)} trials); first "
@@ -134,7 +136,9 @@ class SearchResult:
 
     def summary(self) -> str:
         best = self.best_trial
-        lines = [*self.summary_lines, f"trials: {len(self.trials)} ({len(self.completed)} completed)"]
+        probes = sum(t.probe for t in self.trials)
+        lines = [*self.summary_lines, f"trials: {len(self.trials)} ({len(self.completed)} completed"
+                 + (f"; {probes} of them measurement probes, never a result)" if probes else ")")]
         lines.append(
             f"best: trial {best.trial_id}, pattern {best.schedule}, FLOPs ratio {best.flops_ratio:.3f}, "
             f"loss {best.value:.4g}"

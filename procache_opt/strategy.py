@@ -11,7 +11,7 @@ import abc
 import enum
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,11 +22,30 @@ from procache_opt.schedule import Schedule
 if TYPE_CHECKING:
     from procache_opt.space import ScheduleSpace
 
-__all__ = ["Strategy", "TrialResult", "TrialStatus", "STRATEGIES"]
+__all__ = ["PROBE", "Strategy", "TrialResult", "TrialStatus", "STRATEGIES", "as_probe", "is_probe"]
+
+#: ``Schedule.metadata`` key that marks a measurement probe (see :func:`as_probe`).
+PROBE = "probe"
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def as_probe(schedule: Schedule, **facts: Any) -> Schedule:
+    """``schedule`` marked as a measurement probe: evaluated for what it teaches the strategy, never a result.
+
+    A strategy may propose probes outside its space (the ``graph`` strategy runs schedules that are FULL except
+    one reused segment, to weigh that segment). The engine evaluates, stores and tells them like any proposal;
+    a search's best, its Pareto front and its best-so-far curves leave them out. ``facts`` (JSON) are kept in
+    the mark, e.g. which segment the probe weighs.
+    """
+    return replace(schedule, metadata={**schedule.metadata, PROBE: dict(facts)})
+
+
+def is_probe(schedule: Schedule) -> bool:
+    """Whether ``schedule`` was marked by :func:`as_probe`."""
+    return PROBE in schedule.metadata
 
 
 class TrialStatus(str, enum.Enum):
@@ -64,6 +83,16 @@ class TrialResult:
     def ok(self) -> bool:
         """Completed with a finite loss: the only trials that can be best (a NaN loss must never win a ``min``)."""
         return self.status == TrialStatus.COMPLETE and self.value is not None and math.isfinite(self.value)
+
+    @property
+    def probe(self) -> bool:
+        """A measurement probe (:func:`as_probe`): evaluated for the strategy, never a candidate result."""
+        return is_probe(self.schedule)
+
+    @property
+    def candidate(self) -> bool:
+        """Completed with a finite loss and not a probe: the trials a best, a front or a best-so-far counts."""
+        return self.ok and not self.probe
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,9 +137,10 @@ class TrialResult:
 class Strategy(abc.ABC):
     """Proposes schedules from a :class:`~procache_opt.space.ScheduleSpace` and learns from their scores.
 
-    Subclasses implement :meth:`ask` and usually :meth:`tell`. Every proposal must lie in the space. The
-    engine may call ``ask`` again before telling earlier results (parallel evaluation): a strategy should
-    not propose a schedule it already has pending.
+    Subclasses implement :meth:`ask` and usually :meth:`tell`. Every proposal must lie in the space, except
+    measurement probes marked with :func:`as_probe` (which never count as results). The engine may call
+    ``ask`` again before telling earlier results (parallel evaluation): a strategy should not propose a
+    schedule it already has pending.
 
     Args:
         space: The feasible schedules.

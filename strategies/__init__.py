@@ -7,6 +7,8 @@
 * ``exhaustive``: every member of a small space.
 * ``tpe``: Optuna's TPE over segment lengths.
 * ``evolutionary``: a genetic algorithm with selection, crossover and mutation objects.
+* ``graph``: LeMiCa's best path through a DAG of cached segments (arXiv 2511.00090): measure each segment
+  with a single-segment run, then an exact DP over the space.
 
 Example:
     >>> import procache_opt.strategies as strategies

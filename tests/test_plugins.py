@@ -27,5 +27,5 @@ def test_unknown_keyword_raises_type_error_listing_accepted():
 
 def test_builtin_strategies_are_found_through_entry_points():
     names = STRATEGIES.available()
-    for name in ("constrained_sampling", "tpe", "evolutionary", "random", "uniform", "exhaustive"):
+    for name in ("constrained_sampling", "tpe", "evolutionary", "random", "uniform", "exhaustive", "graph"):
         assert name in names

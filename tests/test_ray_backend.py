@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from procache_opt.strategies.graph import GraphStrategy
 from ray import tune
 
 import procache_opt
@@ -30,6 +31,7 @@ from procache_opt.backends.base import EvalOutcome
 from procache_opt.backends.local import LocalBackend
 from procache_opt.backends.ray_backend import RayBackend
 from procache_opt.backends.ray_tune import StrategySearcher, evaluation_trainable
+from procache_opt.conformance.strategies import CONFORMANCE_SPACES
 from procache_opt.costs import StepCosts
 from procache_opt.engine import SearchLoop
 from procache_opt.objective import Objective, Score
@@ -325,6 +327,13 @@ def test_strategy_searcher_drives_ray_tune(ray_instance, markers, tmp_path):
     best = results.get_best_result(metric="value", mode="min")
     assert best.metrics["value"] == min(t.value for t in strategy.told)
     assert best.metrics["values"]["loss"] == best.metrics["value"]
+
+
+def test_strategy_searcher_marks_measurement_probes_in_the_config() -> None:
+    searcher = StrategySearcher(GraphStrategy(CONFORMANCE_SPACES["flops_budget"]()))
+    config = searcher.suggest("trial-0")
+    assert config["probe"] is True and Schedule.from_dict(config["schedule"]).metadata["probe"]
+    assert StrategySearcher(SeededSampler(seed=5)).suggest("trial-0")["probe"] is False
 
 
 @local_only

@@ -27,7 +27,8 @@ SPACE = CONFORMANCE_SPACES["flops_budget"]
 COSTS = synthetic_costs(50)
 #: Options that make each strategy learn (or stop) within the 20 evaluations below.
 OPTIONS = {"tpe": {"n_startup_trials": 4}, "evolutionary": {"population_size": 4},
-           "constrained_sampling": {"num_candidates": 14}}
+           "constrained_sampling": {"num_candidates": 14}, "graph": {"max_probes": 12, "first_round": 4,
+                                                                                  "num_candidates": 2}}
 
 
 class _Loss(Objective):

@@ -24,7 +24,7 @@ from procache_opt.backends.base import run_evaluation
 from procache_opt.backends.ray_backend import EvaluatorFactory
 from procache_opt.schedule import Schedule
 from procache_opt.scoring import ObjectiveSet
-from procache_opt.strategy import Strategy, TrialResult, TrialStatus
+from procache_opt.strategy import Strategy, TrialResult, TrialStatus, is_probe
 
 __all__ = ["StrategySearcher", "evaluation_trainable"]
 
@@ -35,8 +35,9 @@ Searcher = require("ray.tune.search", "ray", "the Ray Tune adapter").Searcher
 class StrategySearcher(Searcher):
     """A Tune ``Searcher`` that asks a procache_opt :class:`~procache_opt.strategy.Strategy` for configs.
 
-    Each config is ``{"pattern": [1, 0, ...], "schedule": {...}}`` (the digits for Tune's tables, the full
-    schedule for the trainable); each finished Tune trial is told to the strategy as a
+    Each config is ``{"pattern": [1, 0, ...], "schedule": {...}, "probe": False}`` (the digits for Tune's
+    tables, the full schedule for the trainable, and whether it is a measurement probe, which is never a result:
+    leave those out when you pick Tune's best trial); each finished Tune trial is told to the strategy as a
     :class:`~procache_opt.strategy.TrialResult` whose ``value`` is ``result[metric]`` (negated for
     ``mode="max"``, since strategies minimise). Errored trials are told as failed.
 
@@ -60,7 +61,7 @@ class StrategySearcher(Searcher):
             return Searcher.FINISHED if self.strategy.is_finished else None
         schedule = proposals[0]
         self._live[trial_id] = (next(self._numbers), schedule)
-        return {"pattern": list(schedule.pattern), "schedule": schedule.to_dict()}
+        return {"pattern": list(schedule.pattern), "schedule": schedule.to_dict(), "probe": is_probe(schedule)}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         number, schedule = self._live.pop(trial_id)

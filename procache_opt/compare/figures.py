@@ -63,7 +63,7 @@ def convergence(result: CompareResult) -> Any:
             horizon = np.linspace(0, max(s[-1] for _, s in runs), 200)
             timed = np.array([_at_times(b, s, horizon) for b, s in runs])
             _band(axes[1, col], horizon, timed, strategy, line.get_color())
-        losses = [t.value for c in result.cells_at(budget) for t in c.result.trials if t.ok]
+        losses = [t.value for c in result.cells_at(budget) for t in c.result.trials if t.candidate]
         for ax in axes[:, col]:
             _log_if_wide(ax, losses)
         axes[0, col].set(title=f"budget {budget:g}", xlabel="evaluations", ylabel="best calibration loss")
@@ -102,7 +102,7 @@ def pareto(result: CompareResult) -> Any:
     fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets), 4), squeeze=False)
     for ax, budget in zip(axes[0], budgets, strict=True):
         for strategy in result.config.strategies:
-            trials = [t for c in result.cells_at(budget, strategy) for t in c.result.trials if t.ok]
+            trials = [t for c in result.cells_at(budget, strategy) for t in c.result.trials if t.candidate]
             if not trials:
                 continue
             front = pareto_front(trials)
@@ -110,7 +110,7 @@ def pareto(result: CompareResult) -> Any:
                               marker="o", markersize=3, label=strategy)
             ax.scatter([t.flops_ratio for t in trials], [t.value for t in trials], s=6, alpha=0.25,
                        color=line.get_color())
-        _log_if_wide(ax, [t.value for c in result.cells_at(budget) for t in c.result.trials if t.ok])
+        _log_if_wide(ax, [t.value for c in result.cells_at(budget) for t in c.result.trials if t.candidate])
         ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
         ax.set(title=f"budget {budget:g}", xlabel="counted FLOPs ratio", ylabel="calibration loss")
         ax.legend(fontsize=8)

@@ -104,10 +104,13 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def best_so_far(trials: Sequence[TrialResult]) -> tuple[list[float], list[float]]:
-    """Best loss after each evaluation (``inf`` until one completes), and cumulative evaluation seconds."""
+    """Best loss after each evaluation (``inf`` until one completes), and cumulative evaluation seconds.
+
+    Measurement probes (``TrialResult.probe``) cost evaluations and seconds but their losses never count.
+    """
     best, seconds, running, elapsed = [], [], math.inf, 0.0
     for trial in sorted(trials, key=lambda t: t.trial_id):
-        if trial.ok:
+        if trial.candidate:
             running = min(running, trial.value)
         elapsed += trial.duration_s
         best.append(running)

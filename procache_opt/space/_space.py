@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from itertools import accumulate, islice
@@ -23,6 +23,7 @@ from procache_opt.space._dp import (
     segment_cost_table,
 )
 from procache_opt.space._moves import diagnose_empty, format_ranges, neighbour_intervals
+from procache_opt.space._paths import Order, PathPoint, SegmentGraph
 
 __all__ = ["ScheduleSpace"]
 
@@ -139,6 +140,15 @@ class ScheduleSpace:
     def _table(self) -> CountTable:
         return CountTable(self._rules, self._cost_table, self._budget)
 
+    @cached_property
+    def _graph(self) -> SegmentGraph:
+        """The state graph with segment costs: those of the budget, else the costs alone (a front over every
+        FLOPs ratio), else none."""
+        if self._cost_table is not None:
+            return SegmentGraph(self._rules, self._cost_table, self._budget)
+        costs = segment_cost_table(self.costs, self.injected) if self.costs is not None else None
+        return SegmentGraph(self._rules, costs, None)
+
     # -- membership -----------------------------------------------------------------------------------------
     def intervals(self, schedule: Schedule | Sequence[int]) -> tuple[int, ...]:
         """Segment lengths of ``schedule`` (each a FULL step and the reused/selective steps after it)."""
@@ -152,7 +162,7 @@ class ScheduleSpace:
         problems = self.interval_violations(intervals)
         if problems:
             raise ValueError(f"intervals {list(intervals)} are not in the space: " + "; ".join(problems))
-        return self._build(intervals)
+        return self.build(intervals)
 
     def contains(self, schedule_or_pattern: Schedule | Sequence[int]) -> bool:
         return not self.violations(schedule_or_pattern)
@@ -168,7 +178,7 @@ class ScheduleSpace:
         if pattern[0] != Action.FULL:
             return ["the first step must be FULL (1): there is no cache to reuse yet"]
         problems = []
-        expected = self._build(self.intervals(pattern)).pattern
+        expected = self.build(self.intervals(pattern)).pattern
         if pattern != expected:
             rule = (f"{self.injected.name} steps injected by Eq. 7" if self.selective
                     else "no SELECTIVE steps (selective=False)")
@@ -217,7 +227,14 @@ class ScheduleSpace:
     def _pattern(self, schedule: Schedule | Sequence[int]) -> tuple[int, ...]:
         return schedule.pattern if isinstance(schedule, Schedule) else tuple(int(a) for a in schedule)
 
-    def _build(self, intervals: tuple[int, ...]) -> Schedule:
+    def build(self, intervals: Sequence[int]) -> Schedule:
+        """The schedule with these segment lengths and the space's settings, member or not.
+
+        Eq. 7 injection (SELECTIVE or DEEP), ``selective_config``, ``forecast_order`` and ``depth_split`` are
+        the space's, so a schedule built here runs as a member would; :meth:`from_intervals` also checks the
+        constraints. Strategies use this for measurement runs outside the space (the ``graph`` strategy's
+        single-segment probes).
+        """
         schedule = Schedule.from_intervals(intervals, selective=self.selective_config,
                                            forecast_order=self.forecast_order, depth_split=self.depth_split)
         return schedule.inject_selective(self.injected) if self.injected is not None else schedule
@@ -235,7 +252,7 @@ class ScheduleSpace:
 
     def sample(self, rng: np.random.Generator) -> Schedule:
         """A member drawn uniformly at random (each move weighted by its number of feasible completions)."""
-        return self._build(self._table.sample(rng))
+        return self.build(self._table.sample(rng))
 
     def sample_stick_breaking(self, rng: np.random.Generator, num_full: int | None = None) -> Schedule | None:
         """The authors' sampler (``CASS.py``): one stick-breaking draw, or ``None`` when it is rejected.
@@ -259,16 +276,16 @@ class ScheduleSpace:
         if self.monotone is not None:
             lengths = np.sort(lengths)[:: -1 if self.monotone == "decreasing" else 1]
         intervals = tuple(int(n) for n in lengths)
-        return None if self.interval_violations(intervals) else self._build(intervals)
+        return None if self.interval_violations(intervals) else self.build(intervals)
 
     def enumerate(self, limit: int | None = None) -> Iterator[Schedule]:
         """Members in lexicographic order of their segment lengths (for small spaces)."""
-        return (self._build(intervals) for intervals in islice(self._table.enumerate(), limit))
+        return (self.build(intervals) for intervals in islice(self._table.enumerate(), limit))
 
     def neighbors(self, schedule: Schedule | Sequence[int]) -> list[Schedule]:
         """Members one move away: shift FULL steps (one step from a segment to another), split, merge."""
         own = self.intervals(schedule)
-        return [self._build(c) for c in neighbour_intervals(own) if not self.interval_violations(c)]
+        return [self.build(c) for c in neighbour_intervals(own) if not self.interval_violations(c)]
 
     def decode(self, choose: Chooser) -> Schedule:
         """Build a member segment by segment: ``choose(i, start, lengths)`` picks segment ``i``'s length.
@@ -278,7 +295,7 @@ class ScheduleSpace:
         strategies that propose segment by segment (TPE's parameters, repairs). Returning a length not
         offered raises ``ValueError``.
         """
-        return self._build(self._table.walk(choose))
+        return self.build(self._table.walk(choose))
 
     def repair(self, intervals: Sequence[int]) -> Schedule:
         """A member whose FULL steps follow those of ``intervals`` (feasible or not) closely, greedily in time.
@@ -295,6 +312,28 @@ class ScheduleSpace:
             return min(lengths, key=lambda n: (abs(start + n - goal), n))
 
         return self.decode(toward)
+
+    # -- best members by segment weights (the graph strategy) ----------------------------------------------
+    def segments(self) -> list[tuple[int, int]]:
+        """``(start, length)`` of every segment some member uses (within the budget), sorted."""
+        return self._graph.segments()
+
+    def best_paths(self, weights: Mapping[tuple[int, int], float], order: Order = "minimax") -> list[PathPoint]:
+        """Every budget's best member when each segment ``(start, length)`` costs ``weights[...]`` (exact DP).
+
+        The front of members that are Pareto-optimal in (quantised FLOPs, ``order`` of their segments'
+        weights), cheapest first: the best member within a budget is the last point that fits it, for every
+        budget up to the space's. ``order="sum"`` minimises the total weight; ``"minimax"`` the weights sorted
+        worst first, lexicographically (LeMiCa, arXiv 2511.00090). Segments without a finite weight are never
+        used. See ``space/_paths.py``.
+
+        Example:
+            >>> space = ScheduleSpace(6, v_max=2, monotone=None)
+            >>> weights = {(s, n): float(n - 1) * (1 + s) for s, n in space.segments()}
+            >>> [p.intervals for p in space.best_paths(weights, order="sum")]
+            [(1, 1, 1, 1, 1, 1)]
+        """
+        return self._graph.front(weights, order)
 
     # -- reporting and storage ----------------------------------------------------------------------------
     def flops_ratio(self, schedule: Schedule | Sequence[int]) -> float | None:
