@@ -90,24 +90,33 @@ class SearchResult:
 
     @property
     def best(self) -> Schedule:
-        """The best schedule within the budget, with its scores in ``metadata`` and the searched model's class and
-        config fingerprint (so applying it to another model warns)."""
+        """The best schedule within the budget, with its scores and the runtime it was searched for in ``metadata``
+        and the searched model's class and config fingerprint (so applying it to another model warns)."""
         t = self.best_trial
         model = self.config.get("model")
         model = model if isinstance(model, dict) else {}
-        return replace(t.schedule, metadata={"trial_id": t.trial_id, "value": t.value, "values": t.values,
-                                             "flops_ratio": t.flops_ratio}).with_model(model.get("class"),
-                                                                                       model.get("fingerprint"))
+        metadata = {"trial_id": t.trial_id, "value": t.value, "values": t.values, "flops_ratio": t.flops_ratio,
+                    "runtime": {"name": self.runtime_name, "options": dict(self.config.get("runtime_options") or {})}}
+        return replace(t.schedule, metadata=metadata).with_model(model.get("class"), model.get("fingerprint"))
+
+    @property
+    def runtime_name(self) -> str:
+        """The runtime the search ran its candidates through (results stored before runtimes existed: the default)."""
+        from procache_opt.runtimes import DEFAULT_RUNTIME
+
+        return str(self.config.get("runtime") or DEFAULT_RUNTIME)
 
     @property
     def pareto(self) -> list[TrialResult]:
         return pareto_front(self.trials)
 
     def apply(self, pipe: Any) -> Any:
-        """Apply the best schedule to ``pipe`` (see :func:`procache_opt.apply`); returns the handle."""
-        from procache_opt.runtime import apply
+        """Apply the best schedule to ``pipe`` through the runtime it was searched for; returns the handle (a
+        context manager; ``handle.summary()`` says what the runtime did)."""
+        from procache_opt.runtimes import create_runtime
 
-        return apply(pipe, self.best)
+        runtime = create_runtime(self.runtime_name, **dict(self.config.get("runtime_options") or {}))
+        return runtime.apply(pipe, self.best)
 
     def to_records(self) -> list[dict[str, Any]]:
         rows = []
