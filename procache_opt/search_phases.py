@@ -277,8 +277,8 @@ def build_strategy(prepared: Prepared, space: ScheduleSpace, setup: Setup,
 def heldout_check(prepared: Prepared, best: Schedule, forecast: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Phase 5: score the best schedule and the FORA baselines on samples the search never saw.
 
-    Returns the scores (``SearchResult.heldout``) and the decoded images of the full computation and the best
-    schedule (``SearchResult.heldout_images``, which the before/after picture shows). ``fora_baseline`` is FORA
+    Returns the scores (``SearchResult.heldout``) and the decoded images of the full computation, the best
+    schedule and FORA (``SearchResult.heldout_images``, which the before/after picture shows). ``fora_baseline`` is FORA
     as published (outputs reused as cached); ``uniform_baseline``, when the search forecasts, is the same steps
     with the search's forecast: the gap between them is the forecast's, the gap to ``best`` the search's.
     """
@@ -306,7 +306,7 @@ def heldout_check(prepared: Prepared, best: Schedule, forecast: int) -> tuple[di
             "flops_ratio": evaluator.costs.ratio(schedule),
             "scores": {name: s.to_dict() for name, s in evaluator.score(run).items()},
         }
-    return out, {name: images[name] for name in ("full", "best")}
+    return out, {name: images[name] for name in ("full", "best", "fora_baseline")}
 
 
 def heldout_line(heldout: Mapping[str, Any]) -> str:

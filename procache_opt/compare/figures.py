@@ -21,7 +21,7 @@ import numpy as np
 from procache_opt.compare.baselines import OURS
 from procache_opt.compare.result import CompareResult, image_path
 from procache_opt.compare.stats import best_so_far
-from procache_opt.plots import draw_schedule
+from procache_opt.plots import action_legend, draw_schedule
 from procache_opt.result import pareto_front
 from procache_opt.schedule import Schedule
 
@@ -155,14 +155,16 @@ def schedules(result: CompareResult) -> Any:
                 best = min(cells, key=lambda c: (c.result.best_trial.value, c.seed))
                 drawn.append((f"{budget:g} {strategy} (seed {best.seed})", best.result.best))
     drawn += [(f"{m.family} {m.setting}", m.schedule) for m in fixed_methods(result.config.num_inference_steps)]
-    fig, axes = plt.subplots(len(drawn), 1, figsize=(10, 0.5 * len(drawn) + 0.9), squeeze=False)
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(10, 0.5 * len(drawn) + 1.4), squeeze=False)
     for ax, (label, schedule) in zip(axes[:, 0], drawn, strict=True):
-        draw_schedule(ax, schedule, label)
+        draw_schedule(ax, schedule, label, legend=False)
         if ax is not axes[-1, 0]:
             ax.set_xlabel("")
             ax.set_xticks([])
-    axes[0, 0].set_title("best schedules (blue: full, orange: selective, grey: reuse)", fontsize=9)
+    axes[0, 0].set_title("best schedules", fontsize=9)
     fig.tight_layout()
+    fig.legend(handles=action_legend([s for _, s in drawn]), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.9 / (0.5 * len(drawn) + 1.4))
     return fig
 
 

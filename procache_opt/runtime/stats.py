@@ -19,14 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from procache_opt.block_counts import outcome_shares, step_blocks
 from procache_opt.runtime.context import StepState
-from procache_opt.schedule import Action, Schedule
 
-__all__ = ["BLOCK_OUTCOMES", "RunStats", "TransformerClock", "attach_step_counter", "step_blocks"]
-
-#: How one block spends one transformer call: run in full, run on a few tokens (SELECTIVE), its cached outputs
-#: applied as they are, or extrapolated from the last two FULL steps (``forecast_order=1``).
-BLOCK_OUTCOMES = ("computed", "selective", "reused", "forecast")
+__all__ = ["RunStats", "TransformerClock", "attach_step_counter"]
 
 #: Device event pairs kept for timing (older ones are folded into the total when a report is made).
 _MAX_EVENTS = 4096
@@ -40,7 +36,7 @@ class RunStats:
         num_blocks: Transformer blocks of the model.
         steps: Transformer calls by what the step did (``"FULL"``, ``"REUSE"``, ...; cache-dit: ``"computed"``,
             ``"cached"``).
-        blocks: Block evaluations by :data:`BLOCK_OUTCOMES`.
+        blocks: Block evaluations by :data:`procache_opt.block_counts.BLOCK_OUTCOMES`.
         generations: Generations finished (calls at the last step of the schedule).
         clock: Times the transformer calls, when attached.
     """
@@ -62,9 +58,7 @@ class RunStats:
         per = max(self.generations, 1)
         lines = [f"{runtime}: {self.calls} transformer calls in {self.generations} generation(s)",
                  "steps per generation: " + ", ".join(f"{n / per:g} {kind}" for kind, n in self.steps.items())]
-        total = sum(self.blocks.values())
-        lines.append("block evaluations: " + ", ".join(
-            f"{kind} {self.blocks[kind] / total:.1%}" for kind in BLOCK_OUTCOMES if self.blocks[kind]))
+        lines.append(f"block evaluations: {outcome_shares(self.blocks)}")
         if self.clock is not None and self.clock.calls:
             call = self.clock.seconds() / self.clock.calls
             lines.append(f"transformer time: {call * self.calls / per * 1e3:.1f} ms per generation "
@@ -118,35 +112,6 @@ class TransformerClock:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
-
-
-def step_blocks(schedule: Schedule, step: int, num_layers: int) -> Counter[str]:
-    """How each of ``num_layers`` blocks spends step ``step`` of ``schedule`` (counts by :data:`BLOCK_OUTCOMES`).
-
-    SELECTIVE steps refresh tokens in the deep blocks (``SelectiveConfig.deep_start``) and reuse the rest;
-    per-depth steps run one group in full. A reused block forecasts when ``forecast_order >= 1`` and its group has
-    had two FULL steps (the slope needs both).
-
-    Example:
-        >>> step_blocks(Schedule.from_pattern([1, 0, 2]), 2, num_layers=4)
-        Counter({'reused': 3, 'selective': 1})
-    """
-    split = schedule.split_layer(num_layers) if schedule.per_depth else num_layers
-    deep_start = schedule.selective.deep_start(num_layers)
-    out: Counter[str] = Counter()
-    for layer in range(num_layers):
-        deep = layer >= split
-        group = schedule.group_actions(deep)
-        action = group[step]
-        if action == Action.FULL:
-            out["computed"] += 1
-        elif action == Action.SELECTIVE and layer >= deep_start:
-            out["selective"] += 1
-        elif schedule.forecast_order >= 1 and sum(a == Action.FULL for a in group[:step]) >= 2:
-            out["forecast"] += 1
-        else:
-            out["reused"] += 1
-    return out
 
 
 def attach_step_counter(transformer: nn.Module, state: StepState, stats: RunStats) -> Any:

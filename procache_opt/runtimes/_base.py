@@ -15,10 +15,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib.util
+from collections import Counter
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Protocol
 
+from procache_opt.block_counts import generation_blocks
 from procache_opt.costs import StepCosts
 from procache_opt.plugins import PluginRegistry
 from procache_opt.schedule import FORECAST_ORDERS, Action, Schedule, SelectiveConfig
@@ -108,6 +110,11 @@ class Runtime(abc.ABC):
         from procache_opt.flops import step_costs
 
         return step_costs(transformer, num_steps, selective=selective, guidance=guidance, depth_split=depth_split)
+
+    def block_outcomes(self, schedule: Schedule, num_layers: int) -> Counter[str]:
+        """How the blocks spend one generation of ``schedule`` under this runtime (computed, selective, reused,
+        forecast; default: this project's runtime, :func:`procache_opt.block_counts.generation_blocks`)."""
+        return generation_blocks(schedule, num_layers)
 
     def options(self) -> dict[str, Any]:
         """The runtime's settings as JSON (what ``SearchConfig.runtime_options`` holds to rebuild it)."""

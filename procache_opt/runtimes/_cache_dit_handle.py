@@ -87,11 +87,7 @@ class CacheDitHandle:
         cached = len(stats.cached_steps) + len(stats.cfg_cached_steps)
         self.stats.generations = 1 if executed else 0
         self.stats.steps.update({"computed": executed - cached, "cached": cached})
-        skipped = blocks - min(blocks, self.runtime.computed_blocks)
-        self.stats.blocks.update({
-            "computed": (executed - cached) * blocks + cached * (blocks - skipped),
-            "forecast" if self.runtime.calibrator else "reused": cached * skipped,
-        })
+        self.stats.blocks.update(self.runtime.blocks_for(executed - cached, cached, blocks))
 
     def remove(self) -> None:
         """Disable cache-dit and restore every attribute and submodule it added or replaced (idempotent)."""

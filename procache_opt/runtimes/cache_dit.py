@@ -24,6 +24,7 @@ This module imports neither torch nor cache-dit (``SearchConfig`` checks a runti
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -134,6 +135,17 @@ class CacheDitRuntime(Runtime):
         from procache_opt.flops import residual_cache_costs
 
         return residual_cache_costs(transformer, num_steps, self.computed_blocks, guidance=guidance)
+
+    def block_outcomes(self, schedule: Schedule, num_layers: int) -> Counter[str]:
+        """Computed steps run every block; cached steps run the Fn + Bn blocks and reuse (or, with the calibrator,
+        forecast) the residual of the others."""
+        return self.blocks_for(schedule.num_full, schedule.num_steps - schedule.num_full, num_layers)
+
+    def blocks_for(self, computed_steps: int, cached_steps: int, num_layers: int) -> Counter[str]:
+        """Block evaluations of ``computed_steps`` computed and ``cached_steps`` cached steps."""
+        run = min(num_layers, self.computed_blocks)
+        return Counter({"computed": computed_steps * num_layers + cached_steps * run,
+                        "forecast" if self.calibrator else "reused": cached_steps * (num_layers - run)})
 
     # -- the configuration file -----------------------------------------------------------------------------
     def config_for(self, schedule: Schedule | None) -> dict[str, Any]:
