@@ -183,7 +183,8 @@ def test_cache_dit_rows_run_through_the_bench() -> None:
     computed = [mask.num_full for mask in masks.values()]
     assert computed == sorted(computed, reverse=True) and all(m.actions[0] == 1 for m in masks.values())
     assert [m.family for m in scm_methods(STEPS)] == [SCM] * 8
-    assert len(dbcache_families()["cache-dit DBCache + TaylorSeer"]) == 12
+    assert len(dbcache_families(12)["cache-dit DBCache + TaylorSeer"]) == 12
+    assert len(dbcache_families(4)["cache-dit DBCache"]) == 4  # only Fn=1 below 4 blocks
     pipe = tiny_dit_pipeline()
     bench = Bench(pipe, Calibration((5, 6), (1, 2)), STEPS, 4.0, ("feature_error",), timing_samples=1,
                   timing_repeats=1)
@@ -192,3 +193,28 @@ def test_cache_dit_rows_run_through_the_bench() -> None:
     assert measured.flops_ratio == pytest.approx(residual_cache_costs(pipe.transformer, STEPS, 1).ratio(MASK))
     assert measured.compute_share == pytest.approx((4 * 4 + 4 * 1) / (STEPS * 4))  # F1: one block on cached steps
     assert measured.scores["feature_error"] > 0
+
+
+@needs_cache_dit
+def test_the_comparison_measures_cache_dit_rows_once_and_keeps_the_matched_setting() -> None:
+    from procache_opt.compare.baselines import OURS, run_rows
+
+    pipe = tiny_dit_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    steps = 6  # cache-dit's masks exist for 4, 6 and >= 8 steps
+    bench = Bench(pipe, Calibration((5,), (1,)), steps, 4.0, ("feature_error",), timing_samples=1, timing_repeats=1)
+    ours = {"0.5": Method(OURS, "test", schedule=Schedule.from_pattern([1, 0, 1, 0, 1, 0]))}
+    done, grid, said = {}, {}, []
+    rows = run_rows(bench, ours, pipe.transformer, done, lambda row, images: done.update({row.key: row}), grid,
+                    lambda: None, said.append)
+    scm = [r for r in rows if r.family == SCM]
+    assert len(scm) == 8 and all(r.group == "fixed" and r.measured.flops_ratio < 1 for r in scm)
+    target = next(r for r in rows if r.family == OURS).measured.speedup
+    for family in ("cache-dit DBCache", "cache-dit DBCache + TaylorSeer"):
+        row = next(r for r in rows if r.family == family and r.group == "0.5")
+        assert len(grid[family]) == 4 and row.measured is not None  # Fn=1 with four thresholds (4 blocks)
+        assert abs(grid[family][row.setting] - target) == min(abs(v - target) for v in grid[family].values())
+        assert row.measured.speedup == grid[family][row.setting]
+    said.clear()
+    again = run_rows(bench, ours, pipe.transformer, done, lambda row, images: None, grid, lambda: None, said.append)
+    assert said == [] and [r.key for r in again] == [r.key for r in rows]  # resumed: nothing measured twice

@@ -111,14 +111,14 @@ def closest_setting(speedups: Mapping[Any, float], target: float) -> Any:
     return min(speedups, key=lambda knob: abs(speedups[knob] - target))
 
 
-def tuned_families(mag_ratios: tuple[float, ...] | None) -> dict[str, dict[str, Runtime]]:
+def tuned_families(mag_ratios: tuple[float, ...] | None, num_blocks: int) -> dict[str, dict[str, Runtime]]:
     """Runtimes that decide at run time what to skip, by family and setting: the comparison keeps, per budget, the
     setting of each family whose measured speedup is closest to the searched schedule's."""
     families: dict[str, dict[str, Runtime]] = {
         kind.title: {f"{kind.knob}={knob:g}": DiffusersCache(name, knob, mag_ratios) for knob in kind.grid}
         for name, kind in CACHES.items()
     }
-    return {**families, **dbcache_families()}
+    return {**families, **dbcache_families(num_blocks)}
 
 
 def run_rows(bench: Bench, ours: Mapping[str, Method], transformer: Any, done: Mapping[str, Row],
@@ -143,7 +143,7 @@ def run_rows(bench: Bench, ours: Mapping[str, Method], transformer: Any, done: M
         rows += [_measure(bench, "fixed", m, done, save, progress) for m in scm_methods(steps)]
     except ImportError as exc:  # cache-dit is an extra: its rows say how to get them
         rows.append(_not_applicable("fixed", SCM, exc, save))
-    families = tuned_families(bench.mag_ratios)
+    families = tuned_families(bench.mag_ratios, len(transformer.transformer_blocks))
     for group, our_method in ours.items():
         ours_row = _measure(bench, group, our_method, done, save, progress)
         rows.append(ours_row)
@@ -175,6 +175,9 @@ def _tuned(bench: Bench, group: str, family: str, settings: Mapping[str, Runtime
            grid: dict[str, dict[str, float]], save_grid: Callable[[], None], done: Mapping[str, Row],
            save: Callable[[Row, Any], None], progress: Callable[[str], None]) -> Row:
     """Time each setting of one family (once for all budgets), keep the one nearest ``target``."""
+    failed = Row(group, family, "")
+    if failed.key in done:  # found not applicable before: not tried again on resume
+        return done[failed.key]
     try:
         measured = grid.setdefault(family, {})
         for setting, runtime in settings.items():

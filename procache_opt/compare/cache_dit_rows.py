@@ -5,7 +5,8 @@
   ``Fn_compute_blocks=1, Bn_compute_blocks=0`` (F1B0; cache-dit's default F8B0 ran slower than no cache on
   ``dit-digits``), static policy (every masked step is cached), with and without cache-dit's TaylorSeer calibrator.
 * DBCache rows, one per budget and calibrator setting: dynamic caching (a step is cached when the first blocks'
-  residual changed by less than ``residual_diff_threshold``) over Fn in {1, 4, 8} (Bn 0) and four thresholds,
+  residual changed by less than ``residual_diff_threshold``) over Fn in {1, 4, 8} (Bn 0; those below the model's
+  block count) and four thresholds,
   the setting whose measured speedup is closest to the searched schedule's kept (as for diffusers' caches).
 
 Without cache-dit installed the rows say so (``pip install 'procache-opt[cache-dit]'``) instead of failing the
@@ -42,14 +43,15 @@ def scm_methods(num_steps: int) -> list[Method]:
     return methods
 
 
-def dbcache_families() -> dict[str, dict[str, Runtime]]:
-    """Dynamic DBCache settings by family (without and with TaylorSeer), each by its setting in words."""
+def dbcache_families(num_blocks: int) -> dict[str, dict[str, Runtime]]:
+    """Dynamic DBCache settings by family (without and with TaylorSeer), each by its setting in words; only Fn
+    values below the model's ``num_blocks`` (computing every block at every step would cache nothing)."""
     families: dict[str, dict[str, Runtime]] = {}
     for calibrator in _CALIBRATORS:
         family = "cache-dit DBCache" + (" + TaylorSeer" if calibrator else "")
         families[family] = {
             f"F{fn}B0, threshold={threshold:g}": CacheDitRuntime(Fn_compute_blocks=fn, calibrator=calibrator,
                                                                  residual_diff_threshold=threshold)
-            for fn, threshold in itertools.product(DBCACHE_BLOCKS, DBCACHE_THRESHOLDS)
+            for fn, threshold in itertools.product(DBCACHE_BLOCKS, DBCACHE_THRESHOLDS) if fn < num_blocks
         }
     return families

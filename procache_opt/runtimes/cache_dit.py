@@ -219,7 +219,7 @@ def export_config(schedule: Schedule, lossy: bool = False, **options: Any) -> Ca
         UnsupportedScheduleError: ``schedule`` has what cache-dit cannot express and ``lossy`` is false.
 
     Example:
-        >>> print(export_config(Schedule.from_pattern([1, 0, 2, 1]), lossy=True).notes[0][:58])
+        >>> print(export_config(Schedule.from_pattern([1, 0, 2, 1]), lossy=True).notes[0][:59])
         lossy: 1 SELECTIVE step (2) at step 2 runs as a cached step
     """
     searched = schedule.metadata.get("runtime") if isinstance(schedule.metadata.get("runtime"), Mapping) else {}
