@@ -49,3 +49,13 @@ def test_the_handle_reports_what_the_runtime_did() -> None:
     assert "computed 37.5%, selective 3.1%, reused 21.9%, forecast 37.5%" in summary
     assert stats.clock.seconds() > 0 and "ms per generation" in summary
     assert not transformer._forward_hooks and not transformer._forward_pre_hooks  # removed with the handle
+
+
+def test_loading_the_bundled_model_prints_no_advice_a_user_cannot_act_on() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "from procache_opt import zoo; zoo.load('dit-digits')"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert "accelerate" not in out.stderr and "warn" not in out.stderr.lower()  # accelerate is a dependency now

@@ -93,6 +93,16 @@ def test_search_config_checks_the_runtime_before_any_model_loads(monkeypatch: py
         SearchConfig(runtime="cache-dit").check_plugins()
 
 
+def test_runtime_flags_are_one_line_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    for flags, message in ((["--per-depth"], "--per-depth: the cache-dit runtime cannot run per-depth"),
+                           (["--runtime-option", "Fn_compute_blocks=0"],
+                            "--runtime-option: cache-dit runtime option Fn_compute_blocks=0 is out of range"),
+                           (["--forecast", "1"], "--forecast: the cache-dit runtime runs forecast orders (0,)")):
+        assert main(["search", "--runtime", "cache-dit", *flags, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_the_runtime_is_part_of_the_search_identity() -> None:
     default, cache_dit = SearchConfig(), SearchConfig(runtime="cache-dit", runtime_options={"calibrator": "taylorseer"})
     assert "runtime" not in default.identity()  # searches stored before runtimes existed still resume
