@@ -124,7 +124,9 @@ def tradeoff(result: CompareResult) -> Any:
     quality = result.config.quality
     groups = [f"{b:g}" for b in result.config.budgets]
     families = sorted({r.family for r in result.rows if r.measured is not None}, key=lambda f: (f != OURS, f))
-    style = {f: (f"C{i % 10}", "*" if f == OURS else "osD^vP<>Xh"[i % 10]) for i, f in enumerate(families)}
+    # 10 colours and 11 markers: (colour, marker) pairs stay distinct for up to 110 families (cache-dit's rows
+    # made 13, and the 11th repeated the 1st's colour and marker when both cycled through 10).
+    style = {f: (f"C{i % 10}", "*" if f == OURS else "osD^vP<>Xhp"[i % 11]) for i, f in enumerate(families)}
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
     for ax, group in zip(axes[0], groups, strict=True):
         for row in (r for r in result.rows if r.measured is not None and r.group in (group, "fixed")):
