@@ -2,6 +2,7 @@
 
     procache-opt search --model dit-digits --budget 0.5 --strategy constrained_sampling --trials 30 --out runs/x
     procache-opt apply --model dit-digits --schedule runs/x/schedule.json --labels 0,1,2 --out samples.png
+    procache-opt export --to cache-dit runs/x/schedule.json
     procache-opt flops --model dit-xl-2-256 --steps 50 [--schedule runs/x/schedule.json]
     procache-opt strategies | objectives
     procache-opt sweep sweep.yaml [--address auto]
@@ -78,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reused outputs: 0 as cached (FORA, ProCache), 1 first-order forecast (TaylorSeer), auto: "
                         "try both on the FORA start point and keep the better")
     s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("--runtime", default=d.runtime,
+                   help="what runs each candidate: procache (this project's hooks) or cache-dit (its static step mask; "
+                        "pip install 'procache-opt[cache-dit]') (default %(default)s)")
+    s.add_argument("--runtime-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="runtime keyword argument, e.g. --runtime-option calibrator=taylorseer")
     s.add_argument("--backend", default="local", choices=["local", "ray"])
     s.add_argument("--workers", type=int, default=None, help="Ray workers (backend ray)")
     s.add_argument("--address", default=None, help="Ray cluster address (backend ray)")
@@ -96,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default="samples.png")
     a.set_defaults(func=_cmd_apply)
+
+    e = sub.add_parser("export", help="write a schedule as a cache-dit configuration file (cache_dit.load_configs, "
+                                      "SGLang --cache-dit-config)")
+    e.add_argument("schedule", help="schedule JSON written by `search`")
+    e.add_argument("--to", required=True, choices=["cache-dit"], help="the target runtime")
+    e.add_argument("--out", default=None, help="file to write (default: beside the schedule, NAME.cache-dit.yaml)")
+    e.add_argument("--lossy", action="store_true",
+                   help="convert what cache-dit cannot express (SELECTIVE -> cached, DEEP/SHALLOW -> computed steps, "
+                        "forecast_order=1 -> TaylorSeer) instead of refusing the schedule")
+    e.add_argument("--option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="cache-dit setting, e.g. --option Fn_compute_blocks=2 --option calibrator=taylorseer "
+                        "(default: the settings the schedule was searched with)")
+    e.set_defaults(func=_cmd_export)
 
     f = sub.add_parser("flops", help="count MACs/FLOPs of a model and a schedule (no weights needed)")
     f.add_argument("--model", default="dit-digits", help="zoo name, preset (e.g. dit-xl-2-256) or folder")
@@ -129,7 +148,8 @@ _FLAGS = {"model": "--model", "budget_flops": "--budget", "cost": "--cost", "str
           "num_inference_steps": "--steps", "guidance_scale": "--guidance", "calibration": "--samples",
           "heldout": "--heldout", "monotone": "--monotone", "forecast": "--forecast", "per_depth": "--per-depth",
           "depth_split": "--depth-split", "seed": "--seed", "backend": "--backend",
-          "backend_options": "--workers/--address", "multi_objective": "--strategy"}
+          "backend_options": "--workers/--address", "multi_objective": "--strategy", "runtime": "--runtime",
+          "runtime_options": "--runtime-option"}
 
 
 def _search_config(args: argparse.Namespace) -> Any:
@@ -145,6 +165,7 @@ def _search_config(args: argparse.Namespace) -> Any:
             monotone=None if args.monotone == "none" else args.monotone,
             forecast=args.forecast if args.forecast == "auto" else int(args.forecast), per_depth=args.per_depth,
             depth_split=args.depth_split, seed=args.seed, backend=args.backend, strategy_options=dict(args.option),
+            runtime=args.runtime, runtime_options=dict(args.runtime_option),
             backend_options={k: v for k, v in (("num_workers", args.workers), ("address", args.address))
                              if v is not None},
         )
@@ -200,6 +221,38 @@ def _cmd_apply(args: argparse.Namespace) -> None:
 
     path = generate_grid(args.model, schedule, labels, args.guidance, args.seed, Path(args.out))
     print(f"wrote {path}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from procache_opt._io import atomic_write_text
+    from procache_opt.runtimes import RUNTIMES
+    from procache_opt.runtimes.cache_dit import EXPORT_HEADER, export_config
+    from procache_opt.schedule import Schedule
+
+    schedule = Schedule.load(args.schedule)
+    options = dict(args.option)
+    try:
+        RUNTIMES.create(args.to, **options)  # unknown names and values out of range, before anything is written
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--option: {exc}") from None
+    source = Path(args.schedule)
+    out = Path(args.out) if args.out else source.with_name(f"{source.stem}.{args.to}.yaml")
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder; pass a file name")
+    if out.exists() and not out.read_text(errors="replace").startswith(EXPORT_HEADER):
+        raise CliError(f"--out {out} exists and was not written by procache-opt export; pass another file name")
+    _check_writable(out.parent, "--out")
+    try:
+        export = export_config(schedule, lossy=args.lossy, **options)
+    except ValueError as exc:
+        raise CliError(f"{args.schedule}: {exc}") from None
+    atomic_write_text(out, export.to_yaml(str(source)))
+    computed = schedule.num_steps - export.config["cache_config"]["steps_computation_mask"].count(0)
+    print(f"wrote {out}: cache-dit {export.runtime.label}, {computed} of {schedule.num_steps} steps computed")
+    for note in export.notes:
+        print(f"note: {note}")
+    print(f"use it with cache_dit.enable_cache(pipe, **cache_dit.load_configs({str(out)!r})) or sglang "
+          f"--cache-dit-config {out}")
 
 
 def _cmd_flops(args: argparse.Namespace) -> None:

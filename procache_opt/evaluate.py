@@ -35,10 +35,11 @@ from procache_opt._replay import recording, replayable_calls, replaying
 from procache_opt._timing import timed_call
 from procache_opt.calibration import Calibration
 from procache_opt.costs import StepCosts
-from procache_opt.flops import step_costs
 from procache_opt.objective import OBJECTIVES, Objective, RunOutputs, Score
 from procache_opt.pipelines import adapter_for
 from procache_opt.runtime import apply
+from procache_opt.runtimes import Runtime
+from procache_opt.runtimes.procache import ProCacheRuntime
 from procache_opt.schedule import Schedule
 
 __all__ = ["Evaluator", "EvaluatedRun", "NonFiniteOutputError", "Scores"]
@@ -100,22 +101,25 @@ class Evaluator:
         num_inference_steps: Denoising steps of every run (the schedules' length).
         guidance_scale: Classifier-free guidance scale.
         objectives: Objective instances or registered names (``procache_opt.objectives.available()``).
-        costs: Per-step MACs for ``RunOutputs.flops_ratio``; by default counted from the transformer's config
-            with the default :class:`~procache_opt.schedule.SelectiveConfig`.
+        costs: Per-step MACs for ``RunOutputs.flops_ratio``; by default counted by the runtime from the
+            transformer's config with the default :class:`~procache_opt.schedule.SelectiveConfig`.
         batch_size: Samples per pipeline call (``None``: all at once). Results do not depend on it beyond
             floating-point rounding: every sample has its own seeded generator.
         cache_dir: Folder for the on-disk reference cache (``None``: memory only).
         timing_repeats: Timed pipeline calls per run when an objective needs ``"timing"``.
         timing_samples: Samples per timed call (``None``: the first batch); fewer keeps timing cheap.
         replay: Keep the reference's transformer outputs and replay them for the leading FULL steps of a
-            schedule instead of recomputing them (:mod:`procache_opt._replay`; the results are identical).
+            schedule instead of recomputing them (:mod:`procache_opt._replay`; the results are identical), for
+            runtimes that allow it (``Runtime.replays_full_steps``).
+        runtime: What executes the schedules (:mod:`procache_opt.runtimes`; default: this project's hooks). The
+            full-computation reference always runs through this project's runtime.
     """
 
     def __init__(self, pipe: Any, calibration: Calibration, num_inference_steps: int = 50,
                  guidance_scale: float = 4.0, objectives: Iterable[Objective | str] = ("feature_error",),
                  costs: StepCosts | None = None, batch_size: int | None = None,
                  cache_dir: str | Path | None = None, timing_repeats: int = 3,
-                 timing_samples: int | None = None, replay: bool = True) -> None:
+                 timing_samples: int | None = None, replay: bool = True, runtime: Runtime | None = None) -> None:
         if num_inference_steps < 1 or (batch_size is not None and batch_size < 1) or timing_repeats < 1:
             raise ValueError(
                 f"need num_inference_steps >= 1, batch_size >= 1 (or None) and timing_repeats >= 1; got "
@@ -132,6 +136,7 @@ class Evaluator:
         self.timing_repeats = timing_repeats
         self.timing_samples = timing_samples
         self.replay = replay
+        self.runtime = runtime if runtime is not None else ProCacheRuntime()
         self._warm = False
         self.adapter = adapter_for(pipe)
         self.adapter.validate(pipe, calibration.conditions)
@@ -145,7 +150,8 @@ class Evaluator:
             f for o in self.objectives if "features" in o.needs for f in getattr(o, "features", ())
         ))
         check_feature_names(pipe.transformer, self.features)
-        self.costs = costs or step_costs(pipe.transformer, num_inference_steps, guidance=guidance_scale > 1)
+        self.costs = costs or self.runtime.step_costs(pipe.transformer, num_inference_steps,
+                                                      guidance=guidance_scale > 1)
         self._cache = None if cache_dir is None else ReferenceCache(
             cache_dir, pipe, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             calibration=calibration,
@@ -167,13 +173,20 @@ class Evaluator:
         return self._reference
 
     def run(self, schedule: Schedule) -> EvaluatedRun:
-        """Run the calibration set with ``schedule`` applied; collect what the objectives need."""
+        """Run the calibration set with ``schedule`` applied by :attr:`runtime`; collect what the objectives need."""
         schedule.check_compatible(num_steps=self.num_inference_steps)
-        with apply(self.pipe, schedule):
-            run = self._generate(f"schedule {schedule}", replay_for=schedule)
+        run = self.run_with(self.runtime, schedule)
+        run.flops_ratio = self.costs.ratio(schedule)
+        return run
+
+    def run_with(self, runtime: Runtime, schedule: Schedule | None = None) -> EvaluatedRun:
+        """Run the calibration set under ``runtime`` (following ``schedule``, or deciding itself with ``None``)."""
+        runtime.check(schedule)
+        replay = schedule if runtime.replays_full_steps else None
+        with runtime.apply(self.pipe, schedule):
+            run = self._generate(f"schedule {schedule}" if schedule is not None else runtime.label, replay_for=replay)
             if "timing" in self.needs:
                 run.seconds = self._time()
-        run.flops_ratio = self.costs.ratio(schedule)
         return run
 
     def measured_costs(self, log: Any = None) -> StepCosts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ class SearchResult:
         seconds: Wall-clock seconds of each phase of the search (``"setup"``: model, costs, evaluator and the
             full-computation reference;
             ``"probe"``, ``"forecast"``: the choices made before searching; ``"trials"``; ``"heldout"``).
-        heldout_images: The held-out check's decoded images of the full computation (``"full"``) and of the best
-            schedule (``"best"``), in memory only (never saved): ``before_after.png`` is drawn from them.
+        heldout_images: The held-out check's decoded images of the full computation (``"full"``), the best
+            schedule (``"best"``) and FORA (``"fora_baseline"``), in memory only (never saved):
+            ``before_after.png`` is drawn from them.
     """
 
     trials: list[TrialResult]
@@ -92,24 +94,33 @@ class SearchResult:
 
     @property
     def best(self) -> Schedule:
-        """The best schedule within the budget, with its scores in ``metadata`` and the searched model's class and
-        config fingerprint (so applying it to another model warns)."""
+        """The best schedule within the budget, with its scores and the runtime it was searched for in ``metadata``
+        and the searched model's class and config fingerprint (so applying it to another model warns)."""
         t = self.best_trial
         model = self.config.get("model")
         model = model if isinstance(model, dict) else {}
-        return replace(t.schedule, metadata={"trial_id": t.trial_id, "value": t.value, "values": t.values,
-                                             "flops_ratio": t.flops_ratio}).with_model(model.get("class"),
-                                                                                       model.get("fingerprint"))
+        metadata = {"trial_id": t.trial_id, "value": t.value, "values": t.values, "flops_ratio": t.flops_ratio,
+                    "runtime": {"name": self.runtime_name, "options": dict(self.config.get("runtime_options") or {})}}
+        return replace(t.schedule, metadata=metadata).with_model(model.get("class"), model.get("fingerprint"))
+
+    @property
+    def runtime_name(self) -> str:
+        """The runtime the search ran its candidates through (results stored before runtimes existed: the default)."""
+        from procache_opt.runtimes import DEFAULT_RUNTIME
+
+        return str(self.config.get("runtime") or DEFAULT_RUNTIME)
 
     @property
     def pareto(self) -> list[TrialResult]:
         return pareto_front(self.trials)
 
     def apply(self, pipe: Any) -> Any:
-        """Apply the best schedule to ``pipe`` (see :func:`procache_opt.apply`); returns the handle."""
-        from procache_opt.runtime import apply
+        """Apply the best schedule to ``pipe`` through the runtime it was searched for; returns the handle (a
+        context manager; ``handle.summary()`` says what the runtime did)."""
+        from procache_opt.runtimes import create_runtime
 
-        return apply(pipe, self.best)
+        runtime = create_runtime(self.runtime_name, **dict(self.config.get("runtime_options") or {}))
+        return runtime.apply(pipe, self.best)
 
     def to_records(self) -> list[dict[str, Any]]:
         rows = []
@@ -143,6 +154,7 @@ class SearchResult:
             f"best: trial {best.trial_id}, pattern {best.schedule}, FLOPs ratio {best.flops_ratio:.3f}, "
             f"loss {best.value:.4g}"
         )
+        lines += self._runtime_lines(best)
         shares = [share for t in self.completed if (share := block_share(t))]
         if shares:
             kinds = shares[0].keys()
@@ -155,6 +167,33 @@ class SearchResult:
             lines.append(f"time: {sum(self.seconds.values()):.0f} s ("
                          + ", ".join(f"{phase} {s:.1f} s" for phase, s in self.seconds.items()) + ")")
         return "\n".join(lines)
+
+    def _runtime_lines(self, best: TrialResult) -> list[str]:
+        """What the runtime does in one generation with the best schedule, and how fast it ran on held-out samples."""
+        from procache_opt.block_counts import outcome_shares
+        from procache_opt.runtimes import create_runtime
+
+        schedule = best.schedule
+        kinds = Counter(a.name for a in schedule.actions)
+        text = (f"best schedule per generation, as the {self.runtime_name} runtime runs it: "
+                + ", ".join(f"{n} {kind}" for kind, n in kinds.items()) + " steps"
+                + (" (REUSE forecast from the last two FULL steps)" if schedule.forecast_order else ""))
+        full = best.extra.get("block_evaluations_full")
+        if full:
+            try:
+                runtime = create_runtime(self.runtime_name, **dict(self.config.get("runtime_options") or {}))
+                text += "; block evaluations " + outcome_shares(runtime.block_outcomes(schedule, full // len(schedule)))
+            except (KeyError, TypeError, ValueError):  # a runtime plugin no longer installed: counts unknown
+                pass
+        lines = [text]
+        speed = {key: 1 / entry["scores"]["latency"]["mean"] for key, entry in self.heldout.items()
+                 if key in HELDOUT_SCHEDULES and entry.get("scores", {}).get("latency", {}).get("mean")}
+        if "best" in speed:
+            others = "".join(f", {label} {speed[key]:.2f}x" for key, label in
+                             (("fora_baseline", "FORA"), ("uniform_baseline", "FORA+forecast")) if key in speed)
+            lines.append(f"measured on held-out samples (decoding included): best {speed['best']:.2f}x faster than "
+                         f"full computation{others}")
+        return lines
 
     # -- persistence ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -320,6 +320,23 @@ class Schedule:
             out.append(int(action) if a == Action.REUSE and run % 2 == 0 else a)
         return replace(self, actions=tuple(Action(a) for a in out))
 
+    def to_cache_dit(self, lossy: bool = False, **options: Any) -> dict[str, Any]:
+        """This schedule as the configuration ``cache_dit.load_configs`` (and SGLang's ``--cache-dit-config``) reads:
+        FULL/REUSE steps become cache-dit's static steps computation mask.
+
+        ``options`` are cache-dit settings (``Fn_compute_blocks``, ``calibrator="taylorseer"``, ...; default: those
+        the schedule was searched with). SELECTIVE, DEEP/SHALLOW steps and ``forecast_order=1`` have no cache-dit
+        equivalent: refused with a ``ValueError`` saying what would be lost, or converted with ``lossy=True``. See
+        :func:`procache_opt.runtimes.cache_dit.export_config`, which also returns notes on what changed.
+
+        Example:
+            >>> Schedule.from_pattern([1, 0, 0, 1]).to_cache_dit()["cache_config"]["steps_computation_mask"]
+            [1, 0, 0, 1]
+        """
+        from procache_opt.runtimes.cache_dit import export_config
+
+        return export_config(self, lossy=lossy, **options).config
+
     def with_model(self, model_class: str | None, model_fingerprint: str | None) -> Schedule:
         return replace(self, model_class=model_class, model_fingerprint=model_fingerprint)
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from procache_opt.calibration import Calibration
-from procache_opt.schedule import FORECAST_ORDERS, SelectiveConfig
+from procache_opt.runtimes._base import DEFAULT_RUNTIME
+from procache_opt.schedule import FORECAST_ORDERS, Action, SelectiveConfig
 
 __all__ = ["ConfigError", "SearchConfig", "IDENTITY_FIELDS", "objective_weights"]
 
@@ -39,7 +40,8 @@ Monotone = Literal["auto", "decreasing", "increasing"] | None
 #: ``heldout`` only judges the result, and the backend decides where evaluations run, not what they give.
 IDENTITY_FIELDS = ("budget_flops", "cost", "strategy", "strategy_options", "objectives", "objective_options",
                    "num_inference_steps", "guidance_scale", "calibration", "selective", "monotone", "forecast",
-                   "per_depth", "depth_split", "v_min", "v_max", "include_baseline", "multi_objective", "seed")
+                   "per_depth", "depth_split", "v_min", "v_max", "include_baseline", "multi_objective", "seed",
+                   "runtime", "runtime_options")
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 _DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|npu|hpu)(:\d+)?$")
@@ -122,6 +124,11 @@ class SearchConfig:
         v_max: Longest reuse run (``None``: three times the mean interval the budget implies).
         include_baseline: Evaluate the best FORA schedule within the budget first.
         multi_objective: Optimise each objective and the FLOPs ratio as separate goals.
+        runtime: What executes each candidate (``procache_opt.runtimes``): ``"procache"`` (this project's hooks,
+            every action) or ``"cache-dit"`` (the schedule becomes cache-dit's static steps computation mask; FULL
+            and REUSE steps only, so ``selective`` is ignored and ``forecast="auto"`` means 0).
+        runtime_options: Keyword arguments of the runtime (cache-dit: ``Fn_compute_blocks``, ``Bn_compute_blocks``,
+            ``calibrator="taylorseer"``, ...).
         backend: ``"local"`` or ``"ray"``.
         backend_options: Keyword arguments of the Ray backend.
         seed: Seeds the strategy.
@@ -150,6 +157,8 @@ class SearchConfig:
     v_max: int | None = None
     include_baseline: bool = True
     multi_objective: bool = False
+    runtime: str = DEFAULT_RUNTIME
+    runtime_options: Mapping[str, Any] = field(default_factory=dict)
     backend: Literal["local", "ray"] = "local"
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -173,7 +182,7 @@ class SearchConfig:
         if isinstance(self.dtype, str):
             set_(self, "dtype", self.dtype.removeprefix("torch."))
         set_(self, "objectives", objective_weights(self.objectives))
-        for name in ("strategy_options", "objective_options", "backend_options"):
+        for name in ("strategy_options", "objective_options", "backend_options", "runtime_options"):
             value = getattr(self, name)
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
                 raise ConfigError(name, f"must be a mapping of names to values, got {value!r}")
@@ -239,6 +248,8 @@ class SearchConfig:
             raise ConfigError("model", f"must be a zoo name or a pipeline folder, got {self.model!r}")
         if not isinstance(self.strategy, str) or not self.strategy:
             raise ConfigError("strategy", f"must be a registered strategy name, got {self.strategy!r}")
+        if not isinstance(self.runtime, str) or not self.runtime:
+            raise ConfigError("runtime", f"must be a registered runtime name, got {self.runtime!r}")
 
     # -- checks against what is installed --------------------------------------------------------------------
     def check_plugins(self, strategy: bool = True) -> None:
@@ -251,6 +262,7 @@ class SearchConfig:
         if strategy:
             self._check_strategy()
         self._check_objectives()
+        self._check_runtime()
         if self.backend == "ray":
             from procache_opt.backends.ray_backend import RayBackend
 
@@ -270,6 +282,35 @@ class SearchConfig:
             raise ConfigError("multi_objective", f"strategy {self.strategy!r} optimises one loss; multi_objective "
                                                  "needs a strategy with an `objectives` argument, e.g. 'tpe' or "
                                                  "'evolutionary'")
+
+    def _check_runtime(self) -> None:
+        """The runtime exists, is installed, takes the options, can be searched for and runs what is asked."""
+        from procache_opt.runtimes import RUNTIMES
+
+        if self.runtime not in RUNTIMES.available():
+            raise ConfigError("runtime", f"unknown runtime {self.runtime!r}; available: "
+                                         f"{', '.join(RUNTIMES.available())}")
+        cls = RUNTIMES.get(self.runtime)
+        _as_config_error("runtime_options", RUNTIMES.check_kwargs, self.runtime, self.runtime_options)
+        try:
+            runtime = cls(**self.runtime_options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("runtime_options", str(exc)) from None
+        if not runtime.follows_schedules:
+            raise ConfigError("runtime", f"{self.runtime!r} decides at run time which steps to compute; it runs no "
+                                         "schedule, so there is nothing to search for it (it is a comparison baseline)")
+        if self.per_depth and Action.DEEP not in runtime.actions:
+            raise ConfigError("per_depth", f"the {self.runtime} runtime cannot run per-depth (DEEP/SHALLOW) steps; "
+                                           "search without per_depth")
+        if self.forecast != "auto" and self.forecast not in runtime.forecast_orders:
+            raise ConfigError("forecast", f"the {self.runtime} runtime runs forecast orders {runtime.forecast_orders}"
+                              + (f" ({runtime.forecast_note})" if runtime.forecast_note else ""))
+        if self.cost == "measured" and self.runtime != DEFAULT_RUNTIME:
+            raise ConfigError("cost", f"measured step costs are timed through the {DEFAULT_RUNTIME} runtime; with the "
+                                      f"{self.runtime} runtime the budget counts FLOPs (cost='flops')")
+        if not cls.installed():
+            raise ConfigError("runtime", f"{self.runtime!r} needs {cls.module!r}, which is not installed: pip install "
+                                         f"'procache-opt[{cls.extra}]'")
 
     def _check_objectives(self) -> None:
         from procache_opt.objective import OBJECTIVES
@@ -341,9 +382,13 @@ class SearchConfig:
         return cls(**data)
 
     def identity(self) -> dict[str, Any]:
-        """The settings a stored search must share to be resumed (:data:`IDENTITY_FIELDS`), as JSON."""
+        """The settings a stored search must share to be resumed (:data:`IDENTITY_FIELDS`), as JSON.
+
+        The default runtime is left out, so that searches stored before runtimes were a setting still resume.
+        """
         data = self.to_dict()
-        return {name: data[name] for name in IDENTITY_FIELDS}
+        return {name: data[name] for name in IDENTITY_FIELDS
+                if not (name == "runtime" and data[name] == DEFAULT_RUNTIME)}
 
 
 def _convert(name: str, build: Any, value: Any) -> Any:

@@ -29,6 +29,7 @@ from procache_opt.evaluate import Evaluator, NonFiniteOutputError, Scores
 from procache_opt.fingerprint import model_signature, weights_fingerprint
 from procache_opt.models import ModelSpec
 from procache_opt.objective import OBJECTIVES
+from procache_opt.runtimes import create_runtime
 from procache_opt.schedule import Action, Schedule, SelectiveConfig
 from procache_opt.scoring import ObjectiveSet
 from procache_opt.search_config import SearchConfig
@@ -127,10 +128,15 @@ def prepare(config: SearchConfig, pipe: Any, worker_model: ModelSpec) -> Prepare
     """Phase 1: fill in the pipeline's defaults, build the evaluator and objectives, fingerprint the model.
 
     Nothing is generated yet: a stored search's identity is checked against :meth:`Prepared.identity` before
-    :func:`check_reference` runs the full computation.
+    :func:`check_reference` runs the full computation. A runtime that runs no SELECTIVE steps searches without
+    selective computation, and one with a single forecast order resolves ``forecast="auto"`` to it.
     """
+    runtime = create_runtime(config.runtime, **config.runtime_options)
     config = replace(
         config,
+        selective=config.selective if Action.SELECTIVE in runtime.actions else None,
+        forecast=runtime.forecast_orders[0] if config.forecast == "auto" and len(runtime.forecast_orders) == 1
+        else config.forecast,
         guidance_scale=config.guidance_scale if config.guidance_scale is not None else _default_guidance(pipe),
         calibration=config.calibration if isinstance(config.calibration, Calibration)
         else Calibration.default(pipe, num_samples=config.calibration, split="search"),
@@ -141,7 +147,8 @@ def prepare(config: SearchConfig, pipe: Any, worker_model: ModelSpec) -> Prepare
     spec = EvaluationSpec(model=worker_model, calibration=config.calibration, objectives=config.objectives,
                           objective_options=config.objective_options, num_inference_steps=config.num_inference_steps,
                           guidance_scale=config.guidance_scale, selective=config.selective or SelectiveConfig(),
-                          depth_split=config.depth_split, device=config.device, dtype=config.dtype)
+                          depth_split=config.depth_split, device=config.device, dtype=config.dtype,
+                          runtime=config.runtime, runtime_options=config.runtime_options)
     evaluator = spec.build_evaluator(pipe, objectives=objectives)
     model_class, fingerprint = model_signature(pipe.transformer)
     modules = {name: m for name, m in pipe.components.items() if hasattr(m, "state_dict")}
@@ -270,8 +277,8 @@ def build_strategy(prepared: Prepared, space: ScheduleSpace, setup: Setup,
 def heldout_check(prepared: Prepared, best: Schedule, forecast: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Phase 5: score the best schedule and the FORA baselines on samples the search never saw.
 
-    Returns the scores (``SearchResult.heldout``) and the decoded images of the full computation and the best
-    schedule (``SearchResult.heldout_images``, which the before/after picture shows). ``fora_baseline`` is FORA
+    Returns the scores (``SearchResult.heldout``) and the decoded images of the full computation, the best
+    schedule and FORA (``SearchResult.heldout_images``, which the before/after picture shows). ``fora_baseline`` is FORA
     as published (outputs reused as cached); ``uniform_baseline``, when the search forecasts, is the same steps
     with the search's forecast: the gap between them is the forecast's, the gap to ``best`` the search's.
     """
@@ -299,7 +306,7 @@ def heldout_check(prepared: Prepared, best: Schedule, forecast: int) -> tuple[di
             "flops_ratio": evaluator.costs.ratio(schedule),
             "scores": {name: s.to_dict() for name, s in evaluator.score(run).items()},
         }
-    return out, {name: images[name] for name in ("full", "best")}
+    return out, {name: images[name] for name in ("full", "best", "fora_baseline")}
 
 
 def heldout_line(heldout: Mapping[str, Any]) -> str:

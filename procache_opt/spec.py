@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from procache_opt.models import ModelSpec, load_pipeline
+from procache_opt.runtimes import DEFAULT_RUNTIME, create_runtime
 from procache_opt.schedule import SelectiveConfig
 from procache_opt.scoring import ObjectiveSet
 
@@ -37,6 +38,8 @@ class EvaluationSpec:
         device: Torch device for the pipeline (``None``: leave where it is).
         dtype: Torch dtype name, e.g. ``"float16"`` (``None``: leave as loaded).
         cache_dir: Folder for the on-disk reference cache (``None``: memory only).
+        runtime: The runtime that executes schedules (a name in ``procache_opt.runtimes.RUNTIMES``).
+        runtime_options: Its options.
     """
 
     model: ModelSpec
@@ -50,6 +53,8 @@ class EvaluationSpec:
     device: str | None = None
     dtype: str | None = None
     cache_dir: str | None = None
+    runtime: str = DEFAULT_RUNTIME
+    runtime_options: Mapping[str, Any] = field(default_factory=dict)
 
     def objective_set(self) -> ObjectiveSet:
         return ObjectiveSet.from_spec(dict(self.objectives), self.objective_options)
@@ -63,18 +68,13 @@ class EvaluationSpec:
         import torch
 
         from procache_opt.evaluate import Evaluator
-        from procache_opt.flops import step_costs
 
+        runtime = create_runtime(self.runtime, **self.runtime_options)
         if pipe is None:
             dtype = getattr(torch, self.dtype) if self.dtype else None
             pipe = load_pipeline(self.model, device=self.device, dtype=dtype)
-        costs = step_costs(
-            pipe.transformer,
-            self.num_inference_steps,
-            selective=self.selective,
-            guidance=self.guidance_scale > 1,
-            depth_split=self.depth_split,
-        )
+        costs = runtime.step_costs(pipe.transformer, self.num_inference_steps, guidance=self.guidance_scale > 1,
+                                   selective=self.selective, depth_split=self.depth_split)
         return Evaluator(
             pipe,
             self.calibration,
@@ -83,5 +83,6 @@ class EvaluationSpec:
             objectives=(objectives or self.objective_set()).objectives,
             costs=costs,
             cache_dir=self.cache_dir,
+            runtime=runtime,
             **options,
         )

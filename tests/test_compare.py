@@ -19,7 +19,7 @@ from procache_opt.calibration import Calibration
 from procache_opt.compare import ComparisonMismatchError, compare
 from procache_opt.compare import stats as st
 from procache_opt.compare.baselines import TOCA_SELECTIVE, closest_setting, matched_methods, toca_style
-from procache_opt.compare.diffusers_caches import CACHES, DiffusersCache, apply_diffusers_cache, mag_ratios
+from procache_opt.compare.diffusers_caches import CACHES, DiffusersCache, mag_ratios
 from procache_opt.compare.export import Table, write_table
 from procache_opt.compare.figures import write_figures
 from procache_opt.compare.measure import Bench, Method, call_kwargs
@@ -148,8 +148,8 @@ def test_diffusers_caches_run_on_dit_and_restore_the_model(method: str) -> None:
 
     before = {name: sorted(vars(m)) for name, m in pipe.transformer.named_modules()}
     reference = generate()
-    with apply_diffusers_cache(pipe, DiffusersCache(method, CACHES[method].grid[-1]),
-                               mag_ratios(pipe, call_kwargs(pipe, cal, STEPS, 4.0))):
+    cache = DiffusersCache(method, CACHES[method].grid[-1], mag_ratios(pipe, call_kwargs(pipe, cal, STEPS, 4.0)))
+    with cache.apply(pipe, None):  # the "diffusers" runtime plugin
         first, second = generate(), generate()
     assert torch.equal(first, second)  # the cache state is reset between generations
     assert not torch.equal(first, reference)  # and the cache did skip work

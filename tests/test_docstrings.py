@@ -27,6 +27,7 @@ def test_docstring_examples_run(name: str) -> None:
     ("ray", "from procache_opt.backends.ray_backend import RayBackend", "ray"),
     ("ray", "from procache_opt.backends.ray_tune import StrategySearcher", "ray"),
     ("lpips", "import procache_opt.objectives as o; o.create('lpips')", "lpips"),
+    ("cache_dit", "from procache_opt.runtimes.cache_dit import scm_schedule; scm_schedule('fast', 50)", "cache-dit"),
 ])
 def test_a_missing_extra_is_named_with_its_pip_command(missing: str, code: str, extra: str) -> None:
     hide = f"import sys; sys.modules[{missing!r}] = None; "  # as if the extra were not installed

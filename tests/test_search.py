@@ -3,13 +3,14 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 import procache_opt
 from procache_opt.baselines import best_fora_within
 from procache_opt.cli import main
 from procache_opt.evaluate import Evaluator
-from procache_opt.reporting import before_after
+from procache_opt.reporting import before_after, before_after_rows
 from procache_opt.result import block_share
 from procache_opt.testing import tiny_dit_pipeline
 
@@ -62,11 +63,24 @@ def test_probe_chooses_a_direction_and_heldout_compares_with_fora(tmp_path):
     assert result.heldout["fora_baseline"]["pattern"] == choice["pattern"]
     assert ("uniform_baseline" in result.heldout) == (choice["order"] == 1)
     assert list(result.seconds) == ["setup", "probe", "forecast", "trials", "heldout"]
+    summary = result.summary()  # what the runtime does with the best schedule, and how fast it ran
+    assert f"as the procache runtime runs it: {result.best.num_full} FULL" in summary
+    assert "measured on held-out samples (decoding included): best " in summary
     # the before/after picture is drawn from the held-out images (model=None: nothing is generated again)
     full, best = result.heldout_images["full"], result.heldout_images["best"]
     assert full.shape == best.shape and full.shape[0] == 2 and not full.equal(best)
+    rows = before_after_rows(result, result.heldout_images)
+    labels = [label.split("\n") for label, _ in rows]
+    assert [lines[0] for lines in labels] == ["full computation", "searched schedule", "FORA baseline",
+                                              "|searched - full|"]
+    speedup = 1 / result.heldout["best"]["scores"]["latency"]["mean"]
+    assert labels[1][1:] == [f"{speedup:.2f}x faster (measured)",
+                             f"feature_error {result.heldout['best']['scores']['feature_error']['mean']:.3g}"]
+    gain = float(labels[3][1].removeprefix("x "))
+    assert torch.allclose(rows[3][1][:, 0], ((best - full).abs().mean(dim=1) * gain).clamp(0, 1))
     picture = before_after(None, result, tmp_path / "before_after.png")
-    assert Image.open(picture).size == (2 * (full.shape[-1] + 2) + 2, 2 * (full.shape[-2] + 2) + 2)
+    width, height = Image.open(picture).size  # 16-pixel samples drawn 100 pixels wide, four rows
+    assert width > 2 * 100 and height > 4 * 100
 
 
 def test_forecast_can_be_fixed_and_bad_values_are_refused():

@@ -13,9 +13,11 @@
 * Fewer denoising steps at equal FLOPs: ``k = round(budget * T)`` plain DDIM steps, scored against the
   ``T``-step full computation on the same noise and labels.
 * diffusers' caches (First-Block-Cache, TaylorSeer, MagCache, FasterCache, PAB; see
-  :mod:`procache_opt.compare.diffusers_caches`): each cache's main knob is tried over a small grid and the
-  setting whose measured speedup is closest to that of the searched schedule at the budget is kept. Their
-  FLOPs are not counted (they decide at run time what to skip); their branch-evaluation share is.
+  :mod:`procache_opt.compare.diffusers_caches`) and cache-dit's dynamic DBCache
+  (:mod:`procache_opt.compare.cache_dit_rows`): each family's settings are timed once and the setting whose
+  measured speedup is closest to that of the searched schedule at the budget is kept. Their FLOPs are not
+  counted (they decide at run time what to skip); their branch-evaluation share is.
+* cache-dit's hand-written step masks (budget-independent, with and without its TaylorSeer calibrator).
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from procache_opt.baselines import best_fora_within, fora, shortest_interval_within
+from procache_opt.compare.cache_dit_rows import SCM, dbcache_families, scm_methods
 from procache_opt.compare.diffusers_caches import CACHES, DiffusersCache
 from procache_opt.compare.measure import Bench, Measured, Method
 from procache_opt.flops import step_costs
+from procache_opt.runtimes import Runtime
 from procache_opt.schedule import Action, Schedule, SelectiveConfig
 
 __all__ = ["OURS", "Row", "TOCA_SELECTIVE", "fixed_methods", "matched_methods", "toca_style", "closest_setting",
-           "run_rows"]
+           "run_rows", "tuned_families"]
 
 logger = logging.getLogger("procache_opt.compare")
 
@@ -100,15 +104,25 @@ def matched_methods(transformer: Any, num_steps: int, budget: float, guidance: b
     ]
 
 
-def closest_setting(speedups: Mapping[float, float], target: float) -> float:
-    """The knob whose measured speedup is closest to ``target`` (ties: the first in grid order)."""
+def closest_setting(speedups: Mapping[Any, float], target: float) -> Any:
+    """The setting whose measured speedup is closest to ``target`` (ties: the first in grid order)."""
     if not speedups:
         raise ValueError("no setting was measured")
     return min(speedups, key=lambda knob: abs(speedups[knob] - target))
 
 
+def tuned_families(mag_ratios: tuple[float, ...] | None, num_blocks: int) -> dict[str, dict[str, Runtime]]:
+    """Runtimes that decide at run time what to skip, by family and setting: the comparison keeps, per budget, the
+    setting of each family whose measured speedup is closest to the searched schedule's."""
+    families: dict[str, dict[str, Runtime]] = {
+        kind.title: {f"{kind.knob}={knob:g}": DiffusersCache(name, knob, mag_ratios) for knob in kind.grid}
+        for name, kind in CACHES.items()
+    }
+    return {**families, **dbcache_families(num_blocks)}
+
+
 def run_rows(bench: Bench, ours: Mapping[str, Method], transformer: Any, done: Mapping[str, Row],
-             save: Callable[[Row, Any], None], grid: dict[str, dict[float, float]],
+             save: Callable[[Row, Any], None], grid: dict[str, dict[str, float]],
              save_grid: Callable[[], None], progress: Callable[[str], None]) -> list[Row]:
     """Measure every baseline row not in ``done``; ``save`` persists each row (and its images) as it finishes.
 
@@ -118,21 +132,26 @@ def run_rows(bench: Bench, ours: Mapping[str, Method], transformer: Any, done: M
         transformer: The pipeline's transformer (for FLOPs counting).
         done: Rows measured before an interruption, by :attr:`Row.key`.
         save: Called with each new row and its images.
-        grid: Measured speedup of each diffusers cache setting, by method and knob (filled in and reused).
+        grid: Measured speedup of each tuned setting, by family and setting (filled in and reused).
         save_grid: Persists ``grid`` after each new measurement.
         progress: Called with a short description before each measurement.
     """
     steps = bench.num_inference_steps
     guidance = bench.guidance_scale > 1
     rows = [_measure(bench, "fixed", m, done, save, progress) for m in fixed_methods(steps)]
+    try:
+        rows += [_measure(bench, "fixed", m, done, save, progress) for m in scm_methods(steps)]
+    except ImportError as exc:  # cache-dit is an extra: its rows say how to get them
+        rows.append(_not_applicable("fixed", SCM, exc, save))
+    families = tuned_families(bench.mag_ratios, len(transformer.transformer_blocks))
     for group, our_method in ours.items():
         ours_row = _measure(bench, group, our_method, done, save, progress)
         rows.append(ours_row)
         for method in matched_methods(transformer, steps, float(group), guidance):
             rows.append(_measure(bench, group, method, done, save, progress))
         target = ours_row.measured.speedup if ours_row.measured else 1.0
-        for name in CACHES:
-            rows.append(_tuned_cache(bench, group, name, target, grid, save_grid, done, save, progress))
+        for family, settings in families.items():
+            rows.append(_tuned(bench, group, family, settings, target, grid, save_grid, done, save, progress))
     return rows
 
 
@@ -152,23 +171,29 @@ def _measure(bench: Bench, group: str, method: Method, done: Mapping[str, Row],
     return row
 
 
-def _tuned_cache(bench: Bench, group: str, name: str, target: float, grid: dict[str, dict[float, float]],
-                 save_grid: Callable[[], None], done: Mapping[str, Row], save: Callable[[Row, Any], None],
-                 progress: Callable[[str], None]) -> Row:
-    """Time each knob of one diffusers cache (once for all budgets), keep the one nearest ``target``."""
-    kind = CACHES[name]
+def _tuned(bench: Bench, group: str, family: str, settings: Mapping[str, Runtime], target: float,
+           grid: dict[str, dict[str, float]], save_grid: Callable[[], None], done: Mapping[str, Row],
+           save: Callable[[Row, Any], None], progress: Callable[[str], None]) -> Row:
+    """Time each setting of one family (once for all budgets), keep the one nearest ``target``."""
+    failed = Row(group, family, "")
+    if failed.key in done:  # found not applicable before: not tried again on resume
+        return done[failed.key]
     try:
-        measured = grid.setdefault(name, {})
-        for knob in kind.grid:
-            if knob not in measured:
-                progress(f"timing {kind.title} {kind.knob}={knob:g}")
-                measured[knob] = bench.speedup(Method(kind.title, "", cache=DiffusersCache(name, knob)))
+        measured = grid.setdefault(family, {})
+        for setting, runtime in settings.items():
+            if setting not in measured:
+                progress(f"timing {family} {setting}")
+                measured[setting] = bench.speedup(Method(family, setting, runtime=runtime))
                 save_grid()
-        knob = closest_setting(measured, target)
-        method = Method(kind.title, f"{kind.knob}={knob:g}", cache=DiffusersCache(name, knob))
-        return _measure(bench, group, method, done, save, progress, speedup=measured[knob])
-    except Exception as exc:  # a cache that cannot run on this model is a result (a "not applicable" row)
-        logger.warning("%s does not run on this pipeline: %s", kind.title, exc)
-        row = Row(group, kind.title, "", reason=f"not applicable: {type(exc).__name__}: {exc}")
-        save(row, None)
-        return row
+        setting = closest_setting({k: v for k, v in measured.items() if k in settings}, target)
+        method = Method(family, setting, runtime=settings[setting])
+        return _measure(bench, group, method, done, save, progress, speedup=measured[setting])
+    except Exception as exc:  # a method that cannot run on this model is a result (a "not applicable" row)
+        logger.warning("%s does not run on this pipeline: %s", family, exc)
+        return _not_applicable(group, family, exc, save)
+
+
+def _not_applicable(group: str, family: str, exc: Exception, save: Callable[[Row, Any], None]) -> Row:
+    row = Row(group, family, "", reason=f"not applicable: {type(exc).__name__}: {exc}")
+    save(row, None)
+    return row

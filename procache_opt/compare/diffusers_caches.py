@@ -16,6 +16,9 @@ with diffusers' ``apply_*`` functions and adds one outer hook on the transformer
 
 DiT batches the conditional and unconditional halves of classifier-free guidance into one call, so one
 context name serves both, as in the project's own runtime.
+
+:class:`DiffusersCache` is the ``"diffusers"`` runtime plugin (:mod:`procache_opt.runtimes`): applied with no
+schedule, since each cache decides at run time what to skip.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers.hooks import (
@@ -42,6 +45,9 @@ from diffusers.hooks import (
     apply_taylorseer_cache,
 )
 from diffusers.models.cache_utils import CacheMixin
+
+from procache_opt.runtimes._base import ContextHandle, Runtime, RuntimeHandle
+from procache_opt.schedule import Schedule
 
 __all__ = ["CACHES", "DiffusersCache", "apply_diffusers_cache", "mag_ratios"]
 
@@ -85,24 +91,36 @@ class _CacheContextHook(ModelHook):
 
 
 @dataclass(frozen=True)
-class DiffusersCache:
-    """One diffusers cache with one setting of its main knob.
+class DiffusersCache(Runtime):
+    """One diffusers cache with one setting of its main knob, as a runtime (applied with ``schedule=None``).
 
     Attributes:
         method: A key of :data:`CACHES`.
         knob: The value of the method's main knob (see :data:`CACHES`).
+        ratios: MagCache's per-step magnitude ratios for this model (:func:`mag_ratios`); unused otherwise.
     """
+
+    name: ClassVar[str] = "diffusers"
+    follows_schedules: ClassVar[bool] = False
+    runs_without_schedule: ClassVar[bool] = True
 
     method: str
     knob: float
+    ratios: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in CACHES:
             raise ValueError(f"unknown diffusers cache {self.method!r}; known: {sorted(CACHES)}")
+        if self.ratios is not None:
+            object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
 
     @property
     def label(self) -> str:
         return f"{CACHES[self.method].title} ({CACHES[self.method].knob}={self.knob:g})"
+
+    def apply(self, pipe: Any, schedule: Schedule | None) -> RuntimeHandle:
+        self.check(schedule)
+        return ContextHandle(apply_diffusers_cache(pipe, self), self.label)
 
 
 @dataclass(frozen=True)
@@ -164,14 +182,14 @@ CACHES: dict[str, CacheKind] = {
 
 
 @contextlib.contextmanager
-def apply_diffusers_cache(pipe: Any, cache: DiffusersCache, ratios: tuple[float, ...] | None = None) -> Iterator[None]:
+def apply_diffusers_cache(pipe: Any, cache: DiffusersCache) -> Iterator[None]:
     """Apply ``cache`` to ``pipe.transformer`` for the ``with`` block; every hook is removed afterwards.
 
     Args:
         pipe: A DiT pipeline (its ``scheduler`` drives the loop).
-        cache: The method and knob.
-        ratios: MagCache's per-step magnitude ratios for this model (:func:`mag_ratios`); unused otherwise.
+        cache: The method, knob and (MagCache) magnitude ratios.
     """
+    ratios = cache.ratios
     transformer = pipe.transformer
     untouched = [m for m in transformer.modules() if not hasattr(m, "_diffusers_hook") and "forward" not in vars(m)]
     outer = _CacheContextHook(pipe.scheduler)

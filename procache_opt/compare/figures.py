@@ -21,7 +21,7 @@ import numpy as np
 from procache_opt.compare.baselines import OURS
 from procache_opt.compare.result import CompareResult, image_path
 from procache_opt.compare.stats import best_so_far
-from procache_opt.plots import draw_schedule
+from procache_opt.plots import action_legend, draw_schedule
 from procache_opt.result import pareto_front
 from procache_opt.schedule import Schedule
 
@@ -124,7 +124,9 @@ def tradeoff(result: CompareResult) -> Any:
     quality = result.config.quality
     groups = [f"{b:g}" for b in result.config.budgets]
     families = sorted({r.family for r in result.rows if r.measured is not None}, key=lambda f: (f != OURS, f))
-    style = {f: (f"C{i % 10}", "*" if f == OURS else "osD^vP<>Xh"[i % 10]) for i, f in enumerate(families)}
+    # 10 colours and 11 markers: (colour, marker) pairs stay distinct for up to 110 families (cache-dit's rows
+    # made 13, and the 11th repeated the 1st's colour and marker when both cycled through 10).
+    style = {f: (f"C{i % 10}", "*" if f == OURS else "osD^vP<>Xhp"[i % 11]) for i, f in enumerate(families)}
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
     for ax, group in zip(axes[0], groups, strict=True):
         for row in (r for r in result.rows if r.measured is not None and r.group in (group, "fixed")):
@@ -155,14 +157,16 @@ def schedules(result: CompareResult) -> Any:
                 best = min(cells, key=lambda c: (c.result.best_trial.value, c.seed))
                 drawn.append((f"{budget:g} {strategy} (seed {best.seed})", best.result.best))
     drawn += [(f"{m.family} {m.setting}", m.schedule) for m in fixed_methods(result.config.num_inference_steps)]
-    fig, axes = plt.subplots(len(drawn), 1, figsize=(10, 0.5 * len(drawn) + 0.9), squeeze=False)
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(10, 0.5 * len(drawn) + 1.4), squeeze=False)
     for ax, (label, schedule) in zip(axes[:, 0], drawn, strict=True):
-        draw_schedule(ax, schedule, label)
+        draw_schedule(ax, schedule, label, legend=False)
         if ax is not axes[-1, 0]:
             ax.set_xlabel("")
             ax.set_xticks([])
-    axes[0, 0].set_title("best schedules (blue: full, orange: selective, grey: reuse)", fontsize=9)
+    axes[0, 0].set_title("best schedules", fontsize=9)
     fig.tight_layout()
+    fig.legend(handles=action_legend([s for _, s in drawn]), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.9 / (0.5 * len(drawn) + 1.4))
     return fig
 
 

@@ -180,7 +180,7 @@ def _run_baselines(result: CompareResult, bench: Bench, pipe: Any, progress: boo
     out, config = result.out, result.config
     rows_file, grid_file = out / "baselines.json", out / "speedup_grid.json"
     done = {r.key: r for r in result.rows}
-    grid = {m: {float(k): v for k, v in g.items()} for m, g in
+    grid = {family: dict(settings) for family, settings in
             (json.loads(grid_file.read_text()) if grid_file.exists() else {}).items()}
     ours = {}
     for budget in config.budgets:

@@ -1,7 +1,9 @@
 """Judge any acceleration method the same way: held-out quality, counted FLOPs, and speedup timed in pairs.
 
 A *method* is anything that changes how the pipeline computes a generation: a caching schedule (ours, FORA,
-ToCa-style), fewer denoising steps, or one of diffusers' caches. :class:`Bench` runs each on the held-out
+ToCa-style) run by a runtime (this project's hooks by default, or cache-dit), a runtime that decides at run time
+what to skip (diffusers' caches, cache-dit's dynamic DBCache), or fewer denoising steps. :class:`Bench` runs each
+through :meth:`procache_opt.runtimes.Runtime.apply` (no branch per runtime) on the held-out
 calibration set (same noise, same labels) and scores its outputs against the 50-step full computation with
 the same objectives, so every row of the comparison is measured by one code path.
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,15 +24,16 @@ import torch
 
 from procache_opt._timing import timed_call
 from procache_opt.calibration import Calibration
-from procache_opt.compare.diffusers_caches import DiffusersCache, apply_diffusers_cache
 from procache_opt.evaluate import EvaluatedRun, Evaluator
 from procache_opt.flops import step_costs
 from procache_opt.pipelines import adapter_for
+from procache_opt.runtimes import Runtime
+from procache_opt.runtimes.procache import ProCacheRuntime
 from procache_opt.schedule import Schedule
 
 __all__ = ["Bench", "Measured", "Method", "call_kwargs"]
 
-Kind = Literal["schedule", "steps", "diffusers"]
+Kind = Literal["schedule", "steps", "runtime"]
 
 
 @dataclass(frozen=True)
@@ -40,29 +43,35 @@ class Method:
     Attributes:
         family: Row group in the report (``"FORA"``, ``"MagCache"``, ...).
         setting: The setting in words (``"interval=3"``).
-        schedule: For caching schedules: what :func:`procache_opt.apply` runs.
+        schedule: For caching schedules: what the runtime runs.
         steps: For fewer denoising steps: how many.
-        cache: For diffusers' caches: which one, with which knob.
+        runtime: What runs the schedule (``None``: this project's runtime), or, without a schedule, a runtime that
+            decides at run time what to skip (diffusers' caches, cache-dit's dynamic DBCache).
     """
 
     family: str
     setting: str
     schedule: Schedule | None = None
     steps: int | None = None
-    cache: DiffusersCache | None = None
+    runtime: Runtime | None = None
 
     def __post_init__(self) -> None:
-        given = [x is not None for x in (self.schedule, self.steps, self.cache)]
-        if sum(given) != 1:
-            raise ValueError(f"Method {self.family!r} needs exactly one of schedule, steps or cache")
+        if (self.steps is not None) == (self.schedule is not None or self.runtime is not None):
+            raise ValueError(f"Method {self.family!r} needs either steps, or a schedule and/or a runtime")
 
     @property
     def kind(self) -> Kind:
-        return "schedule" if self.schedule is not None else "steps" if self.steps is not None else "diffusers"
+        return "schedule" if self.schedule is not None else "steps" if self.steps is not None else "runtime"
+
+    @property
+    def executor(self) -> Runtime:
+        """The runtime that executes the method (this project's, unless it names another)."""
+        return self.runtime if self.runtime is not None else ProCacheRuntime()
 
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "setting": self.setting, "kind": self.kind,
-                "pattern": str(self.schedule) if self.schedule is not None else None}
+                "pattern": str(self.schedule) if self.schedule is not None else None,
+                "runtime": self.executor.name if self.steps is None else None}
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,8 @@ class Measured:
     """What :class:`Bench` measured for one method.
 
     Attributes:
-        flops_ratio: Counted FLOPs against full computation, ``None`` where the counter does not apply (diffusers'
-            caches decide at run time what to skip).
+        flops_ratio: Counted FLOPs against full computation, ``None`` where the counter does not apply (runtimes
+            that decide at run time what to skip).
         compute_share: Transformer branch evaluations (self-attention and feed-forward layers actually run)
             against full computation, counted on the held-out run; applies to every method.
         speedup: Median over repeats of (full-computation seconds / method seconds), timed back to back.
@@ -99,7 +108,7 @@ class Bench:
     """Held-out scoring and paired timing for every method of a comparison.
 
     Args:
-        pipe: The pipeline (a DiT pipeline for diffusers' caches).
+        pipe: The pipeline (a DiT pipeline for diffusers' caches and cache-dit).
         heldout: The held-out calibration set (never seen by a search).
         num_inference_steps: Steps of the full computation every method is compared with.
         guidance_scale: Classifier-free guidance scale.
@@ -147,18 +156,16 @@ class Bench:
 
     def run(self, method: Method) -> EvaluatedRun:
         """The method's outputs on the held-out set (same seeds and labels as the reference)."""
-        if method.schedule is not None:
-            return self.evaluator.run(method.schedule)
-        # The plain pipeline's "reference" under a method's changes is that method's output: an Evaluator
-        # with k steps for fewer steps, one on the hooked pipeline for diffusers' caches.
-        with self._context(method):
-            return self._evaluator(method.steps or self.num_inference_steps).reference()
+        if method.steps is None:
+            return self.evaluator.run_with(method.executor, method.schedule)
+        # Fewer steps: the plain pipeline's "reference" at k steps is that method's output.
+        return self._evaluator(method.steps).reference()
 
     def flops_ratio(self, method: Method) -> float | None:
-        """Counted FLOPs against the full computation (``None`` for diffusers' caches)."""
+        """Counted FLOPs against the full computation (``None`` for runtimes that decide at run time)."""
         if method.schedule is not None:
-            costs = step_costs(self.pipe.transformer, self.num_inference_steps, selective=method.schedule.selective,
-                               guidance=self.guidance_scale > 1)
+            costs = method.executor.step_costs(self.pipe.transformer, self.num_inference_steps,
+                                               selective=method.schedule.selective, guidance=self.guidance_scale > 1)
             return costs.ratio(method.schedule)
         if method.steps is not None:
             fewer = step_costs(self.pipe.transformer, method.steps, guidance=self.guidance_scale > 1)
@@ -180,18 +187,10 @@ class Bench:
         return Evaluator(self.pipe, self.heldout, num_inference_steps=steps, guidance_scale=self.guidance_scale,
                          objectives=self.objectives)
 
-    @contextlib.contextmanager
-    def _context(self, method: Method) -> Iterator[None]:
-        if method.schedule is not None:
-            from procache_opt.runtime import apply
-
-            with apply(self.pipe, method.schedule):
-                yield
-        elif method.cache is not None:
-            with apply_diffusers_cache(self.pipe, method.cache, self.mag_ratios):
-                yield
-        else:
-            yield
+    def _context(self, method: Method) -> contextlib.AbstractContextManager[Any]:
+        if method.steps is not None:
+            return contextlib.nullcontext()
+        return method.executor.apply(self.pipe, method.schedule)
 
     def _seconds(self, context: Callable[[], contextlib.AbstractContextManager[Any]], steps: int) -> float:
         """Seconds of one generation of the first ``timing_samples`` held-out samples, decoding included."""

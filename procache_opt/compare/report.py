@@ -6,6 +6,7 @@ cannot leave stale claims behind.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -43,9 +44,13 @@ def machine_facts() -> dict[str, str]:
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    try:
+        cache_dit = importlib.metadata.version("cache-dit")
+    except importlib.metadata.PackageNotFoundError:
+        cache_dit = "not installed"
     return {"cpu": cpu, "cores": str(os.cpu_count()), "gpu": gpu, "torch": torch.__version__,
             "torch threads": str(torch.get_num_threads()), "diffusers": diffusers.__version__,
-            "python": platform.python_version()}
+            "cache-dit": cache_dit, "python": platform.python_version()}
 
 
 def write_report(result: CompareResult, report: str | Path, assets: str | Path, commands: Sequence[str],
@@ -117,7 +122,8 @@ def _sections(result: CompareResult, tables: list[Table], rel: str, commands: Se
         + (f" ({result.setup['forecast_summary']})." if "forecast_summary" in result.setup else "."),
         f"- Every search starts from the best FORA schedule within its budget: {config.include_baseline}.",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu']}; torch {machine['torch']} "
-        f"({machine['torch threads']} threads), diffusers {machine['diffusers']}, Python {machine['python']}. "
+        f"({machine['torch threads']} threads), diffusers {machine['diffusers']}, cache-dit {machine['cache-dit']}, "
+        f"Python {machine['python']}. "
         "The machine was shared with other jobs while this ran: absolute seconds are noisy, so speedups are ratios "
         "of back-to-back timings in the same run (median over repeats).",
     ]
@@ -156,6 +162,10 @@ _CAVEATS = (
     "computed as `MagCacheConfig(calibrate=True)` does). FasterCache assumes the guidance batch is "
     "[unconditional, conditional]; DiT orders it [conditional, unconditional], so its unconditional-branch skip "
     "here approximates the conditional half from the unconditional one (the same algebra, mirrored).",
+    "cache-dit rows run through cache-dit itself (`cache_dit.enable_cache` with the configuration "
+    "`procache-opt export --to cache-dit` writes): its hand-written step masks (F1B0, static: every masked step "
+    "cached, with and without its TaylorSeer calibrator) and its dynamic DBCache tuned like diffusers' caches over "
+    "Fn in {1, 4, 8} (Bn 0) and four residual-difference thresholds.",
     "FLOPs of diffusers' caches are not counted (they decide at run time what to skip): `n/a`. The `branch evals` "
     "column (attention and feed-forward layers actually run, against full computation) applies to every row; it "
     "counts calls, so a selective step's partial feed-forward counts as one and FasterCache's halved "

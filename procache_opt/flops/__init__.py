@@ -18,8 +18,8 @@ Example:
     118.67
 """
 
-from procache_opt.flops._count import MODULE_KINDS, step_costs
+from procache_opt.flops._count import MODULE_KINDS, residual_cache_costs, step_costs
 from procache_opt.flops._report import FlopsReport, count_flops
 from procache_opt.flops._spec import PRESETS, ModelSpec
 
-__all__ = ["MODULE_KINDS", "PRESETS", "FlopsReport", "ModelSpec", "count_flops", "step_costs"]
+__all__ = ["MODULE_KINDS", "PRESETS", "FlopsReport", "ModelSpec", "count_flops", "residual_cache_costs", "step_costs"]

@@ -15,7 +15,8 @@ from procache_opt.costs import StepCosts
 from procache_opt.flops._spec import FF_IN_FACTOR, ModelSpec, resolve_spec
 from procache_opt.schedule import Action, SelectiveConfig, split_layer
 
-__all__ = ["ACTIONS", "MODULE_KINDS", "costs_from_tables", "forward_batch", "forward_macs", "step_costs", "step_tables"]
+__all__ = ["ACTIONS", "MODULE_KINDS", "costs_from_tables", "forward_batch", "forward_macs", "residual_cache_costs",
+           "step_costs", "step_tables"]
 
 MODULE_KINDS = ("attn", "cross_attn", "ff", "adaln", "norm", "embed", "final", "scoring", "selective_ff")
 _ALWAYS = ("adaln", "norm", "embed", "final")  # what a REUSE step still computes
@@ -169,3 +170,30 @@ def forward_batch(guidance: bool, batch_size: int) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is out of range; allowed: >= 1")
     return batch_size * (2 if guidance else 1)
+
+
+def residual_cache_costs(model_or_config: Any, num_inference_steps: int, computed_blocks: int, guidance: bool = True,
+                         batch_size: int = 1) -> StepCosts:
+    """MACs per step when a cached step runs only ``computed_blocks`` blocks and adds the others' cached residual.
+
+    That is how cache-dit's DBCache executes a cached step (its ``Fn_compute_blocks`` first and
+    ``Bn_compute_blocks`` last blocks run; the middle ones are skipped whole, adaLN included): a REUSE step keeps
+    the patch embedding and the output layer, plus ``computed_blocks / num_layers`` of the per-block work. PixArt's
+    adaLN-single runs once per forward, so it is kept whole. SELECTIVE, DEEP and SHALLOW have no cache-dit
+    equivalent; SELECTIVE is charged as FULL (never cheaper than what it stands for), the others are absent.
+
+    Example:
+        >>> costs = residual_cache_costs("dit-xl-2-256", 50, computed_blocks=1)
+        >>> round(costs.reuse[0] / costs.full[0], 3)
+        0.036
+    """
+    spec = resolve_spec(model_or_config)
+    if not 0 <= computed_blocks <= spec.num_layers:
+        raise ValueError(f"computed_blocks={computed_blocks!r} is out of range; allowed: 0 <= computed_blocks <= "
+                         f"{spec.num_layers} (the model's blocks)")
+    full = {k: forward_batch(guidance, batch_size) * v for k, v in forward_macs(spec).items()}
+    whole = ("embed", "final") + (("adaln",) if spec.family == "pixart" else ())
+    cached = sum(v if k in whole else v * computed_blocks / spec.num_layers for k, v in full.items())
+    steps = num_inference_steps
+    whole_step = sum(full.values())
+    return StepCosts(full=(whole_step,) * steps, reuse=(cached,) * steps, selective=(whole_step,) * steps)

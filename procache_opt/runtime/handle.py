@@ -32,6 +32,7 @@ from procache_opt.runtime.hooks import (
 )
 from procache_opt.runtime.modulation import ConditioningMemo, memo_for
 from procache_opt.runtime.skip import BlockReuseHook
+from procache_opt.runtime.stats import RunStats, TransformerClock, attach_step_counter
 from procache_opt.schedule import Action, Schedule
 
 __all__ = ["CacheHandle", "apply", "STEP_HOOK", "BRANCH_HOOK", "BLOCK_HOOK", "CAPTURE_HOOK", "NORM_HOOK",
@@ -72,6 +73,10 @@ class CacheHandle:
         self.caches: list[BlockCache] = []
         self.memo: ConditioningMemo | None = None
         self._attached: list[tuple[nn.Module, str, bool, object]] = []
+        #: What the runtime did since it was applied (:meth:`summary`); counted by plain torch hooks on the
+        #: transformer (``runtime/stats.py``), outside the caching hooks.
+        self.stats = RunStats(num_blocks=0)
+        self._stat_hooks: list[Any] = []
         self.removed = False
 
     @property
@@ -101,8 +106,16 @@ class CacheHandle:
         tables = self.memo.nbytes() if self.memo is not None else 0
         return {"caches": sum(cache.nbytes() for cache in self.caches), "tables": tables}
 
+    def summary(self) -> str:
+        """What the runtime did since :func:`apply`: transformer calls by action, block evaluations computed,
+        selective, reused and forecast, and the measured transformer time (like cache-dit's ``summary()``)."""
+        return self.stats.summary(f"procache runtime, schedule {self.schedule}")
+
     def remove(self) -> None:
         """Remove every hook and restore each module exactly as it was before :func:`apply` (idempotent)."""
+        for hook in self._stat_hooks:
+            hook.remove()
+        self._stat_hooks.clear()
         for module, name, had_registry, forward in reversed(self._attached):
             registry: HookRegistry = module._diffusers_hook
             registry.remove_hook(name, recurse=False)
@@ -202,6 +215,9 @@ def apply(target: Any, schedule: Schedule, *, scheduler: Any = None, fast: bool 
             if fast:
                 handle._attach(block, BLOCK_HOOK, BlockReuseHook(state, cache, adapter, handle.memo, feed_forward))
         transformer._diffusers_hook.invalidate_child_registries_cache()
+        clock = TransformerClock(transformer)
+        handle.stats = RunStats(num_blocks=len(blocks), clock=clock)
+        handle._stat_hooks += [clock, attach_step_counter(transformer, state, handle.stats)]
     except BaseException:
         handle.remove()
         raise
