@@ -148,7 +148,6 @@ FLAG_VALUES = {
     "--storage": st.sampled_from(["sqlite:///{tmp}/s.db", "mysql://u@h/db", "{tmp}/afile", "mysql_results",
                                   "sqlite:///{tmp}/missing/s.db"]),
     "--out": st.sampled_from(["{tmp}/out", "{tmp}/afile", "{tmp}/afile/sub"]),
-    "--cost": st.sampled_from(["flops", "measured", "time"]),
     "--runtime": st.sampled_from(["procache", "cache-dit", "diffusers", "bogus", ""]),
     "--runtime-option": st.sampled_from(["calibrator=taylorseer", "Fn_compute_blocks=0", "Fn=1", "noequals",
                                          "fast=false"]),
