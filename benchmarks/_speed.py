@@ -39,6 +39,7 @@ from diffusers import (
 
 from procache_opt import Action, Schedule
 from procache_opt.flops import count_flops
+from procache_opt.pipelines import resolution_binning_kwargs
 from procache_opt.runtime.context import score_steps
 from procache_opt.testing import tiny_vae
 
@@ -114,7 +115,7 @@ def call_kwargs(size: Size, pipe: Any, images: int) -> dict[str, Any]:
     return {"prompt_embeds": embeds[0], "prompt_attention_mask": mask, "negative_prompt_embeds": embeds[1],
             "negative_prompt_attention_mask": mask, "negative_prompt": None, "guidance_scale": 4.5,
             "generator": generator, "num_inference_steps": size.steps, "height": side, "width": side,
-            "use_resolution_binning": False, "output_type": "latent"}
+            "output_type": "latent", **resolution_binning_kwargs(pipe)}
 
 
 def schedules(size: Size) -> dict[str, Schedule]:

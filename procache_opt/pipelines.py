@@ -16,10 +16,17 @@ from typing import Any
 
 import torch
 from diffusers import DiTPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline
+from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import (
+    ASPECT_RATIO_256_BIN,
+    ASPECT_RATIO_512_BIN,
+    ASPECT_RATIO_1024_BIN,
+)
+from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_2048_BIN
 
 from procache_opt.calibration import SPLIT_SEED_OFFSET, Condition, RandomPromptEmbedding, Split
 
-__all__ = ["PipelineAdapter", "DiTAdapter", "PixArtAdapter", "adapter_for", "register_adapter"]
+__all__ = ["PipelineAdapter", "DiTAdapter", "PixArtAdapter", "adapter_for", "register_adapter",
+           "resolution_binning_kwargs"]
 
 
 class PipelineAdapter(abc.ABC):
@@ -125,7 +132,7 @@ class PixArtAdapter(PipelineAdapter):
     def call_kwargs(self, pipe: Any, conditions: Sequence[Condition]) -> dict[str, Any]:
         if isinstance(conditions[0], str):
             # clean_caption needs bs4 and ftfy; calibration prompts are already clean.
-            return {"prompt": list(conditions), "clean_caption": False}
+            return {"prompt": list(conditions), "clean_caption": False, **resolution_binning_kwargs(pipe)}
         channels = int(pipe.transformer.config.caption_channels)
         positive, negative = [], []
         for c in conditions:
@@ -141,7 +148,38 @@ class PixArtAdapter(PipelineAdapter):
             "negative_prompt_embeds": negative_embeds,
             "negative_prompt_attention_mask": mask.clone(),
             "negative_prompt": None,  # the pipeline refuses its default "" next to negative_prompt_embeds
+            **resolution_binning_kwargs(pipe),
         }
+
+
+def _binned_sample_sizes(*bins: dict[str, list[float]]) -> frozenset[int]:
+    """Latent sizes with a resolution bin: a bin's square entry is its resolution, 8 pixels per latent."""
+    return frozenset(int(table["1.0"][0]) // 8 for table in bins)
+
+
+#: The transformer ``sample_size`` values each pipeline's resolution binning accepts (any other raises
+#: diffusers' "Invalid sample size"); Sigma adds the 2048-pixel bin.
+_BINNED_SIZES: dict[type, frozenset[int]] = {
+    PixArtSigmaPipeline: _binned_sample_sizes(
+        ASPECT_RATIO_256_BIN, ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN, ASPECT_RATIO_2048_BIN),
+    PixArtAlphaPipeline: _binned_sample_sizes(ASPECT_RATIO_256_BIN, ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN),
+}
+
+
+def resolution_binning_kwargs(pipe: Any) -> dict[str, Any]:
+    """``{"use_resolution_binning": False}`` when ``pipe``'s transformer size has no diffusers bin, else ``{}``.
+
+    PixArt pipelines bin the requested height and width by default and raise "Invalid sample size" for a
+    transformer ``sample_size`` outside their tables (small models such as 16 x 16 latents). Switching binning
+    off there generates at the transformer's native size, the only size such a model has; pipelines with a bin
+    keep diffusers' default behaviour. Every place that calls a pipeline with generated arguments uses this.
+    """
+    for cls, sizes in _BINNED_SIZES.items():
+        if isinstance(pipe, cls):
+            if int(pipe.transformer.config.sample_size) in sizes:
+                return {}
+            return {"use_resolution_binning": False}
+    return {}
 
 
 _ADAPTERS: dict[type, PipelineAdapter] = {
