@@ -35,6 +35,7 @@ from procache_opt.search_phases import (
     heldout_line,
     measure,
     prepare,
+    start_point_guard,
 )
 from procache_opt.storage import DirectoryStore, OptunaStore, TrialStore, open_store
 from procache_opt.strategy import Strategy
@@ -156,6 +157,12 @@ def _run(config: SearchConfig, model: Any, store: TrialStore | None, progress: b
     if config.heldout is not None:
         result.heldout, result.heldout_images = heldout_check(prepared, result.best, setup.forecast)
         summary.append(heldout_line(result.heldout))
+        primary = prepared.objectives.names[0]
+        result.chosen_trial, line = start_point_guard(
+            result.heldout, trials, dataclasses.replace(prepared.fora_start(), forecast_order=setup.forecast), primary,
+            prepared.objectives.directions()[primary])
+        if line:
+            summary.append(line)
         watch.lap("heldout")
     result.heldout.update({k: v for k, v in (("probe", setup.probe), ("forecast", setup.forecast_choice)) if v})
     logger.info("%s", result.summary())

@@ -67,6 +67,9 @@ class SearchResult:
         heldout_images: The held-out check's decoded images of the full computation (``"full"``), the best
             schedule (``"best"``) and FORA (``"fora_baseline"``), in memory only (never saved):
             ``before_after.png`` is drawn from them.
+        chosen_trial: The trial returned as best instead of the lowest loss: the FORA start point, when the
+            searched best was worse than it on the held-out samples (``None``: the lowest loss). Saved, so a
+            loaded result and ``apply --schedule`` return the same schedule; the trials themselves are unchanged.
     """
 
     trials: list[TrialResult]
@@ -75,6 +78,7 @@ class SearchResult:
     heldout: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     heldout_images: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    chosen_trial: int | None = None
 
     @property
     def completed(self) -> list[TrialResult]:
@@ -82,7 +86,10 @@ class SearchResult:
 
     @property
     def best_trial(self) -> TrialResult:
-        """The completed trial with the lowest loss within the budget; measurement probes never count."""
+        """The completed trial with the lowest loss within the budget (measurement probes never count), or the
+        :attr:`chosen_trial` when the held-out check chose the FORA start point instead."""
+        if self.chosen_trial is not None:
+            return next(t for t in self.trials if t.trial_id == self.chosen_trial)
         budget = self.config.get("budget_flops")
         feasible = [t for t in self.completed
                     if not t.probe and (budget is None or (t.flops_ratio or 0.0) <= budget + 1e-12)]
@@ -202,6 +209,7 @@ class SearchResult:
             "summary_lines": self.summary_lines,
             "heldout": self.heldout,
             "seconds": self.seconds,
+            "chosen_trial": self.chosen_trial,
             "trials": [t.to_dict() for t in self.trials],
         }
 
@@ -219,6 +227,7 @@ class SearchResult:
                 summary_lines=list(data.get("summary_lines", [])),
                 heldout=dict(data.get("heldout", {})),
                 seconds=dict(data.get("seconds", {})),
+                chosen_trial=data.get("chosen_trial"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptFileError(f"result file {path} is corrupt ({type(exc).__name__}: {exc})") from None

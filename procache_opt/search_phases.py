@@ -8,7 +8,8 @@
    start point with and without a first-order forecast (TaylorSeer), or reuse what a stored search measured;
 3. :func:`build_space` and :func:`build_strategy` (the FORA start point is proposed first);
 4. the loop (:class:`procache_opt.engine.SearchLoop`);
-5. :func:`heldout_check`: the best schedule against FORA on samples the search never saw.
+5. :func:`heldout_check`: the best schedule against FORA on samples the search never saw, and
+   :func:`start_point_guard`: the FORA start point instead when the searched best is worse there.
 
 The comparison harness runs phases 1 and 2 once for all its searches, so every search shares one space.
 """
@@ -35,11 +36,11 @@ from procache_opt.scoring import ObjectiveSet
 from procache_opt.search_config import SearchConfig
 from procache_opt.space import ScheduleSpace
 from procache_opt.spec import EvaluationSpec
-from procache_opt.strategy import STRATEGIES, Strategy
+from procache_opt.strategy import STRATEGIES, Strategy, TrialResult
 from procache_opt.strategy_wrappers import Enqueued
 
 __all__ = ["FullComputationError", "Prepared", "Setup", "build_space", "build_strategy", "check_reference",
-           "default_v_max", "heldout_check", "heldout_line", "measure", "prepare"]
+           "default_v_max", "heldout_check", "heldout_line", "measure", "prepare", "start_point_guard"]
 
 #: Objectives measured on the held-out set for the final report, beside the searched ones.
 HELDOUT_OBJECTIVES = ("feature_error", "psnr", "latency")
@@ -319,3 +320,25 @@ def heldout_line(heldout: Mapping[str, Any]) -> str:
                   if key in heldout and name in heldout[key]["scores"]]
         parts.append(f"{name}: best {best[name]['mean']:.4g} vs " + ", ".join(others))
     return f"held-out ({heldout['num_samples']} samples): " + "; ".join(parts)
+
+
+def start_point_guard(heldout: Mapping[str, Any], trials: list[TrialResult], start: Schedule, primary: str,
+                      direction: str) -> tuple[int | None, str | None]:
+    """Never worse than the FORA start point: the start point's trial when the searched best loses to it on the
+    held-out samples in the primary objective, with the summary line saying so; ``(None, None)`` otherwise.
+
+    The start point is scored there as ``uniform_baseline`` (FORA with the search's forecast) or, when the
+    search reuses as cached, ``fora_baseline``. The stored trials are left as they are: the result only names
+    which of them it returns. Without a start-point trial (``include_baseline=False``) nothing changes.
+    """
+    key = "uniform_baseline" if "uniform_baseline" in heldout else "fora_baseline"
+    trial = next((t for t in trials if t.ok and not t.probe and t.schedule == start), None)
+    if trial is None or key not in heldout or heldout["best"]["pattern"] == heldout[key]["pattern"]:
+        return None, None
+    searched = heldout["best"]["scores"][primary]["mean"]
+    baseline = heldout[key]["scores"][primary]["mean"]
+    worse = searched > baseline if direction == "minimize" else searched < baseline
+    if not worse:
+        return None, None
+    return trial.trial_id, (f"held-out: the searched best ({primary} {searched:.4g}) is worse than the FORA start "
+                            f"point ({baseline:.4g}); returning the start point (trial {trial.trial_id})")

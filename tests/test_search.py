@@ -299,3 +299,32 @@ def test_a_budget_in_measured_time_is_kept_and_stored_for_resume(tmp_path, monke
     with pytest.raises(Exception, match="cost"):
         procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=4,
                             storage=tmp_path / "run", **options)
+
+
+@pytest.mark.parametrize("searched_wins", [False, True])
+def test_the_fora_start_point_is_returned_when_the_searched_best_loses_on_heldout(tmp_path, monkeypatch,
+                                                                                  searched_wins):
+    """The held-out check scores the searched best at half or twice the start point's error: at twice, the
+    result returns the start point (saved, so a loaded result does too) and says so; the trials are unchanged."""
+    from procache_opt import _search
+
+    real = _search.heldout_check
+
+    def check(prepared, best, forecast):
+        scores, images = real(prepared, best, forecast)
+        start = scores.get("uniform_baseline", scores["fora_baseline"])["scores"]["feature_error"]["mean"]
+        scores["best"]["scores"]["feature_error"]["mean"] = start * (0.5 if searched_wins else 2.0)
+        return scores, images
+
+    monkeypatch.setattr(_search, "heldout_check", check)
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=6,
+                                 monotone=None, forecast=0, seed=0, **{**FAST, "heldout": 2})
+    start, lowest = result.trials[0], min(result.completed, key=lambda t: (t.value, t.trial_id))
+    assert lowest.schedule != start.schedule  # the search found something other than the start point
+    loaded = procache_opt.SearchResult.load(result.save(tmp_path / "result.json"))
+    for r in (result, loaded):
+        assert [t.to_dict() for t in r.trials] == [t.to_dict() for t in result.trials]
+        expected = lowest if searched_wins else start
+        assert r.best_trial.trial_id == expected.trial_id
+        assert r.best == expected.schedule.with_model(r.best.model_class, r.best.model_fingerprint)
+        assert ("returning the start point" in r.summary()) is not searched_wins

@@ -105,3 +105,15 @@ def test_fresh_transformer_starts_as_adaln_zero() -> None:
         out = model(x, timestep=torch.tensor([10, 900]), class_labels=torch.tensor([1, NULL_CLASS])).sample
     assert out.shape == x.shape and out.abs().max() == 0
     assert make_scheduler().config.beta_schedule == "linear"
+
+
+def test_training_variants_write_their_noise_schedule_and_depth() -> None:
+    """`--beta-schedule cosine` is diffusers' squaredcos_cap_v2 (other betas than linear); `--layers` the depth."""
+    from procache_opt.zoo.train_digits import main
+
+    cosine, linear = make_scheduler("cosine"), make_scheduler()
+    assert cosine.config.beta_schedule == "squaredcos_cap_v2"
+    assert not torch.allclose(cosine.betas, linear.betas)
+    with pytest.raises(SystemExit):
+        main(["--out", "x", "--beta-schedule", "quadratic"])
+    assert make_transformer(DiTConfig(num_layers=3), latent_channels=4, latent_size=16).config.num_layers == 3

@@ -4,6 +4,10 @@ Reproduce the bundled weights (2 CPU threads; about 15 minutes on an idle 2-core
 
     python -m procache_opt.zoo.train_digits --out procache_opt/zoo/dit-digits
 
+Variants for the generality benchmark (another noise schedule, depth or seed; kept out of the package)::
+
+    python -m procache_opt.zoo.train_digits --out .cache/variants/dit-digits-cosine --beta-schedule cosine
+
 Two stages, both seeded:
 
 1. A small `AutoencoderKL` (32x32x3 -> 16x16x4) learns to reconstruct the upscaled scikit-learn digits
@@ -92,6 +96,9 @@ class DiTConfig:
     ema_decay: float = 0.999
     label_dropout: float = 0.1
     shifts: tuple[int, ...] = (-2, 0, 2)
+    #: ``"linear"`` (DiT-XL/2's betas 1e-4..0.02) or ``"cosine"`` (diffusers' ``squaredcos_cap_v2``, Nichol &
+    #: Dhariwal's schedule), written into the saved scheduler config so sampling uses what training did.
+    beta_schedule: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -106,13 +113,17 @@ class TrainConfig:
     dit: DiTConfig = DiTConfig()
 
 
-def make_scheduler() -> DDIMScheduler:
-    """DiT-XL/2's noise schedule and the DDIM sampler the ProCache paper uses."""
+#: ``DiTConfig.beta_schedule`` -> diffusers' name (the cosine schedule ignores ``beta_start``/``beta_end``).
+BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
+
+def make_scheduler(beta_schedule: str = "linear") -> DDIMScheduler:
+    """DiT-XL/2's noise schedule (or the cosine one) and the DDIM sampler the ProCache paper uses."""
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=1e-4,
         beta_end=0.02,
-        beta_schedule="linear",
+        beta_schedule=BETA_SCHEDULES[beta_schedule],
         clip_sample=False,
         set_alpha_to_one=True,
     )
@@ -277,7 +288,7 @@ def train_dit(
     ema.load_state_dict(model.state_dict())
     init = copy.deepcopy(ema)
     means = encode_shifted(vae, images, cfg.shifts)
-    scheduler = make_scheduler()
+    scheduler = make_scheduler(cfg.beta_schedule)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     losses: list[float] = []
     started = time.perf_counter()
@@ -307,10 +318,13 @@ def train_dit(
     return debiased_ema(ema, init, cfg.ema_decay, cfg.steps), losses
 
 
-def build_pipeline(transformer: DiTTransformer2DModel, vae: AutoencoderKL) -> DiTPipeline:
+def build_pipeline(
+    transformer: DiTTransformer2DModel, vae: AutoencoderKL, beta_schedule: str = "linear"
+) -> DiTPipeline:
     """Assemble the `DiTPipeline`; `id2label` maps the digit names "0".."9" so `get_label_ids` works."""
     id2label = {str(i): str(i) for i in range(NUM_DIGITS)}
-    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=make_scheduler(), id2label=id2label)
+    scheduler = make_scheduler(beta_schedule)
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=id2label)
     pipe.register_to_config(id2label=id2label)  # DiTPipeline does not record it, so save_pretrained would not
     return pipe
 
@@ -319,14 +333,15 @@ def save(
     out: Path, cfg: TrainConfig, vae: AutoencoderKL, ema: DiTTransformer2DModel, losses: dict, minutes: dict
 ) -> dict:
     """Write the fp16 pipeline and `training.json` (config, times, final losses) to `out`."""
-    pipe = build_pipeline(copy.deepcopy(ema), copy.deepcopy(vae)).to(torch.float16)
+    pipe = build_pipeline(copy.deepcopy(ema), copy.deepcopy(vae), cfg.dit.beta_schedule).to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
     tail = 200
     dit_losses = losses["dit"]
     record = {
         "command": (
-            "python -m procache_opt.zoo.train_digits --out procache_opt/zoo/dit-digits "
-            f"--seed {cfg.seed} --vae-steps {cfg.vae.steps} --dit-steps {cfg.dit.steps}"
+            f"python -m procache_opt.zoo.train_digits --out {out} "
+            f"--seed {cfg.seed} --vae-steps {cfg.vae.steps} --dit-steps {cfg.dit.steps} "
+            f"--layers {cfg.dit.num_layers} --beta-schedule {cfg.dit.beta_schedule}"
         ),
         "config": dataclasses.asdict(cfg),
         "torch": torch.__version__,
@@ -381,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--vae-steps", type=int, default=VAEConfig.steps)
     parser.add_argument("--dit-steps", type=int, default=DiTConfig.steps)
+    parser.add_argument("--layers", type=int, default=DiTConfig.num_layers, help="DiT blocks (num_layers)")
+    parser.add_argument("--beta-schedule", choices=sorted(BETA_SCHEDULES), default=DiTConfig.beta_schedule,
+                        help="noise schedule: linear betas (DiT-XL/2) or cosine (squaredcos_cap_v2)")
     parser.add_argument(
         "--checkpoint-dir", type=Path, default=None, help="also save every 250 DiT steps here"
     )
@@ -388,7 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig(
         seed=args.seed,
         vae=dataclasses.replace(VAEConfig(), steps=args.vae_steps),
-        dit=dataclasses.replace(DiTConfig(), steps=args.dit_steps),
+        dit=dataclasses.replace(DiTConfig(), steps=args.dit_steps, num_layers=args.layers,
+                                beta_schedule=args.beta_schedule),
     )
     record = train(cfg, args.out, args.checkpoint_dir)
     print(json.dumps({k: v for k, v in record.items() if k != "dit_loss_every_100"}, indent=2))
