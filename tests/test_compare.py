@@ -274,6 +274,18 @@ def test_fresh_refuses_a_folder_this_tool_did_not_write(tmp_path: Path, capsys) 
     assert _untouched(folder)
 
 
+def test_fresh_accepts_a_new_folder(tmp_path: Path) -> None:
+    """`--fresh` on a folder that does not exist yet (the usual first run) is no error: `run` takes the folder's
+    lock before it removes anything, and a folder holding only that lock has nothing to remove."""
+    from procache_opt._lock import hold
+    from procache_opt.compare.command import remove_outputs
+
+    out = tmp_path / "new"
+    with hold(out, "--out"):
+        remove_outputs(out)
+    assert [p.name for p in out.iterdir()] == [".procache-opt.lock"]
+
+
 def test_fresh_removes_only_what_the_comparison_wrote(finished: CompareResult, tmp_path: Path) -> None:
     import shutil
 

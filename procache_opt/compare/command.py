@@ -97,10 +97,11 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def remove_outputs(out: Path) -> None:
     """Remove what a comparison wrote in ``out`` (:data:`~procache_opt.compare.result.WRITTEN`), and only if its
     marker file says this tool wrote there: a folder holding a user's own files loses nothing."""
+    from procache_opt._lock import LOCK_NAME
     from procache_opt.compare.plan import MARKER, WRITTEN
 
-    if not out.exists():
-        return
+    if not out.exists() or all(p.name == LOCK_NAME for p in out.iterdir()):
+        return  # nothing to remove: a new folder holds at most the lock `run` has just taken
     if not (out / MARKER).is_file():
         raise ValueError(f"--fresh: {out} holds no {MARKER} file, so procache-opt compare did not write it; nothing "
                          "was removed. Choose another --out, or remove the folder yourself")
