@@ -187,6 +187,15 @@ def test_paired_test_is_t_below_six_pairs_and_wilcoxon_from_six() -> None:
     assert st.paired_test([1, 2, 3], [1, 2, 3]).p_value == 1.0
 
 
+def test_constant_differences_use_the_sign_test_not_an_infinite_t() -> None:
+    """Two deterministic strategies differ by the same amount in every seed: scipy's t-test says p = 0 for any n
+    (zero variance), which would call 3 repeats of one search a significant result; the exact sign test says
+    what 3 pairs can show (p = 0.25)."""
+    c = st.paired_test([0.0183] * 3, [0.0163] * 3)
+    assert (c.test, c.n, c.p_value) == ("sign", 3, 0.25) and c.mean_diff == pytest.approx(0.002)
+    assert st.paired_test([2.0] * 8, [1.0] * 8).p_value == pytest.approx(2 / 2**8)
+
+
 def test_holm_adjustment() -> None:
     assert st.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 

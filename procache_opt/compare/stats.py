@@ -35,7 +35,8 @@ WILCOXON_MIN_N = 6
 
 TEST_CHOICE = (
     f"paired t-test for fewer than {WILCOXON_MIN_N} seeds (the exact Wilcoxon signed-rank test cannot reach "
-    f"p < 0.05 with 5 pairs: its smallest two-sided p is 2/2^5 = 0.0625), Wilcoxon signed-rank otherwise"
+    f"p < 0.05 with 5 pairs: its smallest two-sided p is 2/2^5 = 0.0625), Wilcoxon signed-rank otherwise; the exact "
+    f"sign test where every seed differs by the same amount (zero variance, e.g. deterministic strategies)"
 )
 
 
@@ -78,7 +79,10 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     """Paired t-test (n < :data:`WILCOXON_MIN_N`) or Wilcoxon signed-rank test of ``a`` against ``b``.
 
     Identical samples (every difference zero) give p = 1: there is no evidence of a difference, while scipy
-    would return NaN (t-test) or raise (Wilcoxon).
+    would return NaN (t-test) or raise (Wilcoxon). Differences that are all the same non-zero value (two
+    deterministic strategies, or one against a strategy that always returns its start point) have zero
+    variance, so the t statistic is infinite and scipy's p is 0 whatever ``n``; the exact two-sided sign test
+    is used there instead (p = 2 * 0.5**n: 0.25 for 3 seeds), which says what ``n`` such pairs can show.
     """
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.size < 2:
@@ -87,6 +91,8 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     test = "paired t" if x.size < WILCOXON_MIN_N else "Wilcoxon"
     if not np.any(diff):
         return PairedTest(test, int(x.size), 0.0, 0.0, 1.0)
+    if np.all(diff == diff[0]):
+        return PairedTest("sign", int(x.size), float(diff.mean()), float(x.size), min(1.0, 2.0 * 0.5**x.size))
     result = sps.ttest_rel(x, y) if test == "paired t" else sps.wilcoxon(x, y)
     return PairedTest(test, int(x.size), float(diff.mean()), float(result.statistic), float(result.pvalue))
 
