@@ -97,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("apply", help="generate images with a saved schedule")
     a.add_argument("--model", default="dit-digits")
     a.add_argument("--schedule", required=True, help="schedule JSON written by `search`")
-    a.add_argument("--labels", default="0,1,2,3,4,5,6,7,8,9", help="class labels, comma-separated (DiT)")
-    a.add_argument("--guidance", type=float, default=4.0)
+    a.add_argument("--labels", default=None,
+                   help="class labels, comma-separated (DiT; default: 10 spread over the model's labels)")
+    a.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="a prompt (PixArt; repeat for more; default: the model's calibration prompts)")
+    a.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's own)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default="samples.png")
     a.set_defaults(func=_cmd_apply)
@@ -213,13 +216,19 @@ def _cmd_apply(args: argparse.Namespace) -> None:
     from procache_opt.schedule import Schedule
 
     schedule = Schedule.load(args.schedule)
-    labels = _labels(args.labels)
-    if not math.isfinite(args.guidance) or args.guidance < 0:
+    if args.labels is not None and args.prompt is not None:
+        raise CliError("--labels and --prompt: pass class labels (DiT) or prompts (PixArt), not both")
+    conditions = _labels(args.labels) if args.labels is not None else args.prompt
+    flag = "--labels" if args.labels is not None else "--prompt"
+    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
         raise CliError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     _check_writable(Path(args.out).parent, "--out")
     from procache_opt.reporting import generate_grid
 
-    path = generate_grid(args.model, schedule, labels, args.guidance, args.seed, Path(args.out))
+    try:
+        path = generate_grid(args.model, schedule, conditions, args.guidance, args.seed, Path(args.out))
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}") from None
     print(f"wrote {path}")
 
 

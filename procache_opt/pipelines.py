@@ -26,7 +26,7 @@ from diffusers.pipelines.pixart_alpha.pipeline_pixart_sigma import ASPECT_RATIO_
 from procache_opt.calibration import SPLIT_SEED_OFFSET, Condition, RandomPromptEmbedding, Split
 
 __all__ = ["PipelineAdapter", "DiTAdapter", "PixArtAdapter", "adapter_for", "register_adapter",
-           "resolution_binning_kwargs"]
+           "resolution_binning_kwargs", "spread"]
 
 
 class PipelineAdapter(abc.ABC):
@@ -45,6 +45,20 @@ class PipelineAdapter(abc.ABC):
         """Keyword arguments that make ``pipe`` generate one sample per condition."""
 
 
+def spread(values: Sequence[Any], num_samples: int, split: Split) -> tuple[Any, ...]:
+    """``num_samples`` of ``values`` spread evenly over them (each used ``n / k`` times when there are more samples).
+
+    The held-out split shifts the spread by half a stride (other values when there are at least twice as
+    many values as samples) and shuffles the order, so seeds meet different conditions than in search.
+    """
+    k = len(values)
+    shift = k // (2 * num_samples) if split == "heldout" else 0
+    chosen = [values[(i * k // num_samples + shift) % k] for i in range(num_samples)]
+    if split == "heldout":
+        random.Random(SPLIT_SEED_OFFSET).shuffle(chosen)
+    return tuple(chosen)
+
+
 class DiTAdapter(PipelineAdapter):
     """Class-conditional DiT (Peebles & Xie 2023): conditions are class labels."""
 
@@ -57,18 +71,8 @@ class DiTAdapter(PipelineAdapter):
         return list(range(int(pipe.transformer.config.num_embeds_ada_norm)))
 
     def default_conditions(self, pipe: Any, num_samples: int, split: Split) -> tuple[int, ...]:
-        """Labels spread evenly over the valid ones (each used ``n / k`` times when there are more samples).
-
-        The held-out split shifts the spread by half a stride (other labels when there are at least twice as
-        many labels as samples) and shuffles the order, so seeds meet different labels than in search.
-        """
-        labels = self.valid_labels(pipe)
-        k = len(labels)
-        shift = k // (2 * num_samples) if split == "heldout" else 0
-        chosen = [labels[(i * k // num_samples + shift) % k] for i in range(num_samples)]
-        if split == "heldout":
-            random.Random(SPLIT_SEED_OFFSET).shuffle(chosen)
-        return tuple(chosen)
+        """Labels spread evenly over the valid ones (see :func:`spread`)."""
+        return spread(self.valid_labels(pipe), num_samples, split)
 
     def validate(self, pipe: Any, conditions: Sequence[Condition]) -> None:
         valid = set(self.valid_labels(pipe))
@@ -110,7 +114,12 @@ class PixArtAdapter(PipelineAdapter):
     """Text-conditional PixArt-α/Σ (Chen et al. 2023/2024): prompts, or random embeddings without encoder."""
 
     def default_conditions(self, pipe: Any, num_samples: int, split: Split) -> tuple[Condition, ...]:
+        """The pipeline's own ``calibration_prompts[split]`` where it has them (spread evenly, see :func:`spread`;
+        the zoo's ``pixart-digits`` does), else general scene prompts, else random embeddings without encoder."""
         offset = 0 if split == "search" else SPLIT_SEED_OFFSET
+        own = getattr(pipe, "calibration_prompts", None)
+        if own and getattr(pipe, "text_encoder", None) is not None:
+            return spread(own[split], num_samples, split)
         if getattr(pipe, "text_encoder", None) is None:
             return tuple(RandomPromptEmbedding(seed=offset + i) for i in range(num_samples))
         prompts = _SEARCH_PROMPTS if split == "search" else _HELDOUT_PROMPTS

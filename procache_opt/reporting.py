@@ -119,8 +119,11 @@ def _heldout_images(model: Any, result: SearchResult, num_samples: int) -> dict[
     return images
 
 
-def generate_grid(model: Any, schedule: Schedule, labels: list[int], guidance: float, seed: int, path: Path) -> Path:
-    """Class-conditional samples (DiT pipelines) generated under ``schedule``, one column per label."""
+def generate_grid(model: Any, schedule: Schedule, conditions: list[Any] | None, guidance: float | None, seed: int,
+                  path: Path) -> Path:
+    """Samples generated under ``schedule``, one column per condition (class labels for DiT, prompts for
+    PixArt; ``None``: ten of the pipeline's default calibration conditions); ``guidance=None`` keeps the
+    pipeline's default scale. Raises ``ValueError`` for conditions the pipeline does not take."""
     import torch
 
     from procache_opt.models import load_pipeline
@@ -128,16 +131,23 @@ def generate_grid(model: Any, schedule: Schedule, labels: list[int], guidance: f
     from procache_opt.runtime import apply
 
     pipe = load_pipeline(model)
-    try:
-        adapter_for(pipe).validate(pipe, labels)  # an untrained or missing class row is refused, not drawn
-    except ValueError as exc:
-        raise ValueError(f"--labels: {exc}") from None
+    adapter = adapter_for(pipe)
+    if conditions is None:
+        conditions = list(adapter.default_conditions(pipe, 10, "search"))
+    adapter.validate(pipe, conditions)  # an untrained or missing class row is refused, not drawn
     generator = torch.Generator().manual_seed(seed)
+    scale = {} if guidance is None else {"guidance_scale": guidance}
     with apply(pipe, schedule):
-        images = pipe(class_labels=labels, num_inference_steps=schedule.num_steps, guidance_scale=guidance,
-                      generator=generator, output_type="pt").images
+        images = pipe(**adapter.call_kwargs(pipe, conditions), num_inference_steps=schedule.num_steps,
+                      generator=generator, output_type="pt", **scale).images
     row = f"{schedule.num_full} of {schedule.num_steps}\nsteps FULL"
-    return save_labelled_rows([(row, images)], path, columns=[f"class {label}" for label in labels])
+    columns = [f"class {c}" if isinstance(c, int) else _short(str(c)) for c in conditions]
+    return save_labelled_rows([(row, images)], path, columns=columns)
+
+
+def _short(text: str, width: int = 18) -> str:
+    """A column title: ``text`` cut to ``width`` characters."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 #: Each image is drawn this many inches wide, at :data:`_DPI`: 100 pixels, so a 32-pixel sample is enlarged 3x.

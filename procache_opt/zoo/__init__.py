@@ -3,7 +3,12 @@
 `dit-digits` is a small class-conditional latent DiT in the exact form of `facebook/DiT-XL-2-256`
 (`DiTPipeline` = `AutoencoderKL` + `DiTTransformer2DModel` with ada_norm_zero + `DDIMScheduler`), trained
 on scikit-learn's handwritten digits by `procache_opt.zoo.train_digits`. Anything written for DiT-XL/2 in
-diffusers runs on it unchanged, in about a second on a CPU. See docs/zoo.md.
+diffusers runs on it unchanged, in about a second on a CPU.
+
+`pixart-digits` is its text-conditioned sibling in the exact form of `PixArt-alpha/PixArt-XL-2-512x512`
+(`PixArtAlphaPipeline` = `PixArtTransformer2DModel` with adaLN-single and cross-attention + a one-layer T5
+encoder over a 30-word vocabulary + the same VAE + DPM-Solver++ at 20 steps), trained by
+`procache_opt.zoo.train_pixart_digits`; prompts such as "a handwritten 7". See docs/zoo.md.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch and diffusers load with a model, not with the list of names (the CLI checks names)
     import torch
-    from diffusers import DiTPipeline
+    from diffusers import DiffusionPipeline
 
 _HERE = Path(__file__).resolve().parent
 
 #: Bundled model name -> folder (inside this package) holding a diffusers `save_pretrained` layout.
-_MODELS: dict[str, Path] = {"dit-digits": _HERE / "dit-digits"}
+_MODELS: dict[str, Path] = {
+    name: _HERE / name for name in ("dit-digits", "pixart-digits") if (_HERE / name / "model_index.json").is_file()
+}  # pixart-digits is listed once its trained weights are in the package (not yet: see docs/zoo.md)
 
 
 class UnknownModelError(ValueError, KeyError):
@@ -45,21 +52,33 @@ def path(name: str) -> Path:
 
 def load(
     name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-) -> DiTPipeline:
-    """A ready `DiTPipeline` for a bundled model, read from the package (never from the network).
+) -> DiffusionPipeline:
+    """A ready pipeline for a bundled model, read from the package (never from the network).
 
-    The weights are stored in fp16 to keep the package small; `dtype=None` loads them as float32 (diffusers'
-    default), because fp16 matmuls on CPU are slow or missing. Pass `dtype=torch.float16` on a GPU.
+    `dit-digits` gives a `DiTPipeline`, `pixart-digits` a `DigitsPixArtPipeline` (a `PixArtAlphaPipeline`
+    whose defaults suit its 32-pixel size). The weights are stored in fp16 to keep the package small;
+    `dtype=None` loads them as float32 (diffusers' default), because fp16 matmuls on CPU are slow or missing.
+    Pass `dtype=torch.float16` on a GPU.
     """
-    from diffusers import DiTPipeline
-
+    folder = path(name)
     kwargs = {} if dtype is None else {"torch_dtype": dtype}
-    # model_index.json stores id2label with string keys (JSON); passed as read, diffusers warns that it expects
-    # int keys. Pass them as ints, then record the file's mapping so save_pretrained writes it back unchanged.
-    id2label = json.loads((path(name) / "model_index.json").read_text())["id2label"]
-    pipe = DiTPipeline.from_pretrained(path(name), local_files_only=True,
-                                       id2label={int(k): v for k, v in id2label.items()}, **kwargs)
-    pipe.register_to_config(id2label=id2label)
+    if name == "pixart-digits":
+        import torch
+
+        from procache_opt.zoo.pixart_pipeline import DigitsPixArtPipeline
+
+        pipe = DigitsPixArtPipeline.from_pretrained(folder, local_files_only=True, **kwargs)
+        if dtype is None:  # transformers >= 5 loads the text encoder in its stored fp16 unless told otherwise
+            pipe = pipe.to(dtype=torch.float32)
+    else:
+        from diffusers import DiTPipeline
+
+        # model_index.json stores id2label with string keys (JSON); passed as read, diffusers warns that it
+        # expects int keys. Pass them as ints, then record the file's mapping so save_pretrained writes it back.
+        id2label = json.loads((folder / "model_index.json").read_text())["id2label"]
+        pipe = DiTPipeline.from_pretrained(folder, local_files_only=True,
+                                           id2label={int(k): v for k, v in id2label.items()}, **kwargs)
+        pipe.register_to_config(id2label=id2label)
     if device is not None:
         pipe = pipe.to(device)
     return pipe

@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,7 @@ from diffusers.models.embeddings import LabelEmbedding
 
 from procache_opt.zoo.digits_data import IMAGE_SIZE, digits_dataset, random_shift, shift
 
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 #: `DiTPipeline` feeds this class id for the unconditional half of classifier-free guidance.
 NULL_CLASS = 1000
 NUM_DIGITS = 10
@@ -243,9 +245,7 @@ def encode_shifted(vae: AutoencoderKL, images: torch.Tensor, shifts: tuple[int, 
     return torch.stack(means)
 
 
-def debiased_ema(
-    ema: DiTTransformer2DModel, init: DiTTransformer2DModel, decay: float, step: int
-) -> DiTTransformer2DModel:
+def debiased_ema(ema: ModelT, init: ModelT, decay: float, step: int) -> ModelT:
     """The EMA without the share `decay**step` that it still gives the random initial weights.
 
     Started from the initial weights w0, the EMA after k steps is d^k w0 + (1 - d) sum_j d^(k-j) w_j.
@@ -262,29 +262,30 @@ def debiased_ema(
     return out
 
 
-def train_dit(
+def train_denoiser(
     cfg: DiTConfig,
+    make_model: Callable[[], torch.nn.Module],
+    condition: Callable[[torch.Tensor, torch.Generator], dict],
     vae: AutoencoderKL,
     images: torch.Tensor,
     labels: torch.Tensor,
     generator: torch.Generator,
     log_every: int,
-    on_checkpoint: Callable[[int, DiTTransformer2DModel, list[float]], None],
+    on_checkpoint: Callable[[int, torch.nn.Module, list[float]], None],
     checkpoint_every: int,
-) -> tuple[DiTTransformer2DModel, list[float]]:
-    """Stage 2: epsilon prediction on VAE latents; returns the (debiased) EMA model and per-step losses.
+) -> tuple[torch.nn.Module, list[float]]:
+    """Epsilon prediction on VAE latents; returns the (debiased) EMA model and per-step losses.
 
+    `make_model()` builds a fresh denoiser (called twice: the trained model and its EMA), and
+    `condition(labels, generator)` turns a batch of labels, `NULL_CLASS` where the label was dropped, into
+    the keyword arguments of its forward: class labels for DiT, caption tokens for PixArt.
     `on_checkpoint(step, ema, losses)` is called every `checkpoint_every` steps. The learning rate is
     constant and the random stream does not depend on the total, so the checkpoint at step k is exactly
     what a run with `--dit-steps k` would produce.
     """
     scale = vae.config.scaling_factor
-    latent_size = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
-    model = make_transformer(cfg, vae.config.latent_channels, latent_size).train()
-    for module in model.modules():
-        if isinstance(module, LabelEmbedding):
-            module.dropout_prob = 0.0  # dropped once per sample below instead (see the module docstring)
-    ema = make_transformer(cfg, vae.config.latent_channels, latent_size).eval().requires_grad_(False)
+    model = make_model().train()
+    ema = make_model().eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     init = copy.deepcopy(ema)
     means = encode_shifted(vae, images, cfg.shifts)
@@ -299,10 +300,11 @@ def train_dit(
         latents = means[shifts, idx] * scale
         y = labels[idx].clone()
         y[torch.rand(len(y), generator=generator) < cfg.label_dropout] = NULL_CLASS
+        kwargs = condition(y, generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(y),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
         noisy = scheduler.add_noise(latents, noise, t)
-        loss = F.mse_loss(model(noisy, timestep=t, class_labels=y).sample, noise)
+        loss = F.mse_loss(model(noisy, timestep=t, **kwargs).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -316,6 +318,30 @@ def train_dit(
         if step % checkpoint_every == 0 and step < cfg.steps:
             on_checkpoint(step, debiased_ema(ema, init, cfg.ema_decay, step), losses)
     return debiased_ema(ema, init, cfg.ema_decay, cfg.steps), losses
+
+
+def train_dit(
+    cfg: DiTConfig,
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    log_every: int,
+    on_checkpoint: Callable[[int, torch.nn.Module, list[float]], None],
+    checkpoint_every: int,
+) -> tuple[DiTTransformer2DModel, list[float]]:
+    """Stage 2 for `dit-digits`: `train_denoiser` with class labels as the condition."""
+    latent_size = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def make_model() -> DiTTransformer2DModel:
+        model = make_transformer(cfg, vae.config.latent_channels, latent_size)
+        for module in model.modules():
+            if isinstance(module, LabelEmbedding):
+                module.dropout_prob = 0.0  # dropped once per sample instead (see the module docstring)
+        return model
+
+    return train_denoiser(cfg, make_model, lambda y, _: {"class_labels": y}, vae, images, labels, generator,
+                          log_every, on_checkpoint, checkpoint_every)
 
 
 def build_pipeline(
@@ -335,14 +361,22 @@ def save(
     """Write the fp16 pipeline and `training.json` (config, times, final losses) to `out`."""
     pipe = build_pipeline(copy.deepcopy(ema), copy.deepcopy(vae), cfg.dit.beta_schedule).to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
+    command = (
+        f"python -m procache_opt.zoo.train_digits --out {out} "
+        f"--seed {cfg.seed} --vae-steps {cfg.vae.steps} --dit-steps {cfg.dit.steps} "
+        f"--layers {cfg.dit.num_layers} --beta-schedule {cfg.dit.beta_schedule}"
+    )
+    return write_record(out, command, cfg, vae, losses, minutes)
+
+
+def write_record(
+    out: Path, command: str, cfg: object, vae: AutoencoderKL, losses: dict[str, list[float]], minutes: dict
+) -> dict:
+    """Write `training.json` (command, config, times, final losses, the loss curve) next to the weights."""
     tail = 200
     dit_losses = losses["dit"]
     record = {
-        "command": (
-            f"python -m procache_opt.zoo.train_digits --out {out} "
-            f"--seed {cfg.seed} --vae-steps {cfg.vae.steps} --dit-steps {cfg.dit.steps} "
-            f"--layers {cfg.dit.num_layers} --beta-schedule {cfg.dit.beta_schedule}"
-        ),
+        "command": command,
         "config": dataclasses.asdict(cfg),
         "torch": torch.__version__,
         "minutes": {k: round(v, 2) for k, v in minutes.items()},
