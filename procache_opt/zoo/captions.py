@@ -17,7 +17,8 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-NUM_DIGITS = 10
+from procache_opt.zoo.train_digits import NUM_DIGITS
+
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 #: Caption templates used in training; ``{d}`` is the digit as a figure or a word (each half the time).

@@ -30,8 +30,7 @@ from sklearn.svm import SVC
 
 from procache_opt.zoo.captions import digit_prompt
 from procache_opt.zoo.digits_data import to_digit_features
-
-NUM_DIGITS = 10
+from procache_opt.zoo.train_digits import NUM_DIGITS
 
 
 def sampling_defaults(pipe: DiffusionPipeline) -> tuple[int, float]:

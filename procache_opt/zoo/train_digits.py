@@ -320,6 +320,11 @@ def train_denoiser(
     return debiased_ema(ema, init, cfg.ema_decay, cfg.steps), losses
 
 
+def latent_size(vae: AutoencoderKL) -> int:
+    """Side of the VAE's latents: the image side halved once per resolution level below the first."""
+    return IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def train_dit(
     cfg: DiTConfig,
     vae: AutoencoderKL,
@@ -331,10 +336,8 @@ def train_dit(
     checkpoint_every: int,
 ) -> tuple[DiTTransformer2DModel, list[float]]:
     """Stage 2 for `dit-digits`: `train_denoiser` with class labels as the condition."""
-    latent_size = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
-
     def make_model() -> DiTTransformer2DModel:
-        model = make_transformer(cfg, vae.config.latent_channels, latent_size)
+        model = make_transformer(cfg, vae.config.latent_channels, latent_size(vae))
         for module in model.modules():
             if isinstance(module, LabelEmbedding):
                 module.dropout_prob = 0.0  # dropped once per sample instead (see the module docstring)

@@ -43,8 +43,8 @@ from diffusers import (
 from transformers import T5EncoderModel
 
 from procache_opt.zoo.captions import caption_batch, make_text_encoder, make_tokenizer
-from procache_opt.zoo.digits_data import IMAGE_SIZE, digits_dataset
-from procache_opt.zoo.train_digits import NULL_CLASS, DiTConfig, train_denoiser, write_record
+from procache_opt.zoo.digits_data import digits_dataset
+from procache_opt.zoo.train_digits import NULL_CLASS, DiTConfig, latent_size, train_denoiser, write_record
 
 #: The sampler of PixArt-α's `scheduler/scheduler_config.json` (and of the ProCache paper's PixArt runs).
 SCHEDULER_CONFIG = {
@@ -100,7 +100,7 @@ class CaptionedDenoiser(torch.nn.Module):
 
 
 def make_pixart_transformer(cfg: DiTConfig, caption_channels: int, latent_channels: int,
-                            latent_size: int) -> PixArtTransformer2DModel:
+                            latent_side: int) -> PixArtTransformer2DModel:
     """The transformer, initialised as PixArt-α's `initialize_weights` does it."""
     width = cfg.num_attention_heads * cfg.attention_head_dim
     model = PixArtTransformer2DModel(
@@ -110,7 +110,7 @@ def make_pixart_transformer(cfg: DiTConfig, caption_channels: int, latent_channe
         out_channels=latent_channels,
         num_layers=cfg.num_layers,
         cross_attention_dim=width,
-        sample_size=latent_size,
+        sample_size=latent_side,
         patch_size=cfg.patch_size,
         caption_channels=caption_channels,
         norm_type="ada_norm_single",
@@ -179,10 +179,10 @@ def train(cfg: PixArtDigitsConfig, out: Path, checkpoint_dir: Path | None = None
     images, labels = digits_dataset()
     vae = load_vae(cfg.vae_from)
     tokenizer = make_tokenizer()
-    latent_size = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
 
     def make_model() -> CaptionedDenoiser:
-        transformer = make_pixart_transformer(cfg.dit, cfg.caption_channels, vae.config.latent_channels, latent_size)
+        transformer = make_pixart_transformer(cfg.dit, cfg.caption_channels, vae.config.latent_channels,
+                                               latent_size(vae))
         return CaptionedDenoiser(transformer, make_text_encoder(cfg.caption_channels))
 
     def condition(y: torch.Tensor, gen: torch.Generator) -> dict:
