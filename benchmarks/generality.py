@@ -154,6 +154,12 @@ def _yes(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
 
+def _cell_order(item: tuple[str, Any]) -> tuple[float, int]:
+    """Budgets from the largest, then strategies in `STRATEGIES` order, however the cells were run."""
+    budget, strategy = item[0].split("/")
+    return -float(budget), STRATEGIES.index(strategy)
+
+
 def report(rows: dict[str, dict[str, Any]], command: str) -> str:
     lines = [
         "# Generality suite (held-out)",
@@ -176,7 +182,7 @@ def report(rows: dict[str, dict[str, Any]], command: str) -> str:
                   "| budget | strategy | FLOPs | error | FORA comparator | (1) | start point error | (2) | (3) | (4) "
                   "| fell back | probe: monotone, forecast | other monotone error | other forecast error | s |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for key, c in row["cells"].items():
+        for key, c in sorted(row["cells"].items(), key=_cell_order):
             budget, strategy = key.split("/")
             t = c["targets"]
             od, of = c.get("other_direction"), c.get("other_forecast")

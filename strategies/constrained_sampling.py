@@ -8,6 +8,7 @@ There is no feedback from scores into sampling: that is the point of comparison 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -26,12 +27,20 @@ logger = logging.getLogger("procache_opt.strategies")
 class ConstrainedSampling(Strategy):
     """Proposes ``num_candidates`` distinct members, then finishes; the best told one is :attr:`best`.
 
-    ``mode="stick_breaking"`` is the authors' sampler (:meth:`ScheduleSpace.sample_stick_breaking`: with no
-    fixed ``num_full`` each draw first picks a feasible one with the generator); it is not uniform and, with
+    ``mode="stick_breaking"`` is the authors' sampler (:meth:`ScheduleSpace.sample_stick_breaking`, with the
+    count of FULL steps fixed as ``num_full`` below says); it is not uniform and, with
     a FLOPs budget or wide ``[v_min, v_max]``, may reject almost every draw, so after ``max_attempts``
     fruitless draws for one candidate the strategy samples the rest uniformly and logs that once.
     ``mode="uniform"`` samples uniformly from the start. A space with fewer than ``num_candidates`` members
     has all of them proposed.
+
+    ``num_full="budget"`` (the default) draws every candidate with the largest number of FULL steps that a
+    FLOPs budget allows, as the authors do: their B is set by the target speed-up, so all five patterns cost
+    the same and only where the FULL steps go differs. ``num_full="any"`` picks a feasible count uniformly
+    for each draw (this project's first version): at budget 0.35 its candidates stayed well under the
+    budget (the returned schedule had FLOPs 0.29 on `dit-digits`), and the search returned the FORA start
+    point on three of four generality rows (benchmarks/results/generality.md). A space with a fixed
+    ``num_full`` or no FLOPs budget is sampled as is.
 
     Example:
         >>> from procache_opt.space import ScheduleSpace
@@ -45,20 +54,26 @@ class ConstrainedSampling(Strategy):
         num_candidates: K, the number of distinct candidates (5 in the paper).
         mode: ``"stick_breaking"`` (the authors') or ``"uniform"``.
         max_attempts: Stick-breaking draws per candidate before falling back to uniform sampling.
+        num_full: ``"budget"`` (the largest count of FULL steps the budget allows) or ``"any"``.
     """
 
     name = "constrained_sampling"
 
     def __init__(self, space: ScheduleSpace, seed: int = 0, num_candidates: int = 5,
-                 mode: Literal["stick_breaking", "uniform"] = "stick_breaking", max_attempts: int = 10_000) -> None:
+                 mode: Literal["stick_breaking", "uniform"] = "stick_breaking", max_attempts: int = 10_000,
+                 num_full: Literal["budget", "any"] = "budget") -> None:
         if num_candidates < 1:
             raise ValueError(f"num_candidates={num_candidates!r} is out of range; allowed: num_candidates >= 1")
         if mode not in ("stick_breaking", "uniform"):
             raise ValueError(f"mode={mode!r}; allowed: 'stick_breaking' or 'uniform'")
         if max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts!r} is out of range; allowed: max_attempts >= 1")
+        if num_full not in ("budget", "any"):
+            raise ValueError(f"num_full={num_full!r}; allowed: 'budget' or 'any'")
         super().__init__(space, seed)
-        self.num_candidates = min(num_candidates, space.count())
+        self.num_full = num_full
+        self._sampled = _budget_count_space(space) if num_full == "budget" else space
+        self.num_candidates = min(num_candidates, self._sampled.count())
         self.mode = mode
         self.max_attempts = max_attempts
         self.best: TrialResult | None = None
@@ -76,14 +91,14 @@ class ConstrainedSampling(Strategy):
             authors = self.mode == "stick_breaking" and not self._fell_back
             schedule = self._stick_breaking() if authors else None
             if schedule is None:
-                schedule = self._history.draw_unseen(self.space)
+                schedule = self._history.draw_unseen(self._sampled)
             self._history.add(schedule)
             proposals.append(schedule)
         return proposals
 
     def _stick_breaking(self) -> Schedule | None:
         for _ in range(self.max_attempts):
-            schedule = self.space.sample_stick_breaking(self.rng)
+            schedule = self._sampled.sample_stick_breaking(self.rng)
             if schedule is not None and schedule not in self._history:
                 return schedule
         logger.warning("constrained_sampling: %d stick-breaking draws gave no new member; sampling the rest "
@@ -106,3 +121,10 @@ class ConstrainedSampling(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._history.load_state_dict(state)
         self._fell_back = bool(state.get("fell_back", False))
+
+
+def _budget_count_space(space: ScheduleSpace) -> ScheduleSpace:
+    """The members of ``space`` with the most FULL steps its FLOPs budget allows (``space`` itself without one)."""
+    if space.max_flops_ratio is None or space.num_full is not None:
+        return space
+    return dataclasses.replace(space, num_full=max(space.num_full_values()))

@@ -18,7 +18,14 @@ from transformers import T5EncoderModel
 
 from procache_opt import zoo
 from procache_opt.pipelines import adapter_for
-from procache_opt.zoo.captions import VOCABULARY, caption_batch, digit_prompt, make_tokenizer
+from procache_opt.zoo.captions import (
+    SLOTS_PER_DIGIT,
+    TRAIN_TOKENS,
+    VOCABULARY,
+    caption_batch,
+    digit_prompt,
+    make_tokenizer,
+)
 from procache_opt.zoo.quality import class_accuracy, generate, sampling_defaults
 
 if "pixart-digits" not in zoo.list():
@@ -88,19 +95,21 @@ def test_the_prompt_decides_the_digit_not_its_phrasing(pipe: PixArtAlphaPipeline
 
 def test_tokenizer_knows_the_digit_vocabulary_and_marks_the_rest_unknown() -> None:
     tok = make_tokenizer()
-    ids = tok(["A handwritten 7.", "the digit seven", "", "a cat"]).input_ids
+    ids = tok(["A handwritten 7.", "the digit seven", "", "a cat", "17"]).input_ids
     unk, eos = VOCABULARY.index("<unk>"), VOCABULARY.index("</s>")
-    assert [VOCABULARY[i] for i in ids[0]] == ["a", "handwritten", "7", "<unk>", "</s>"]  # "." is not a word here
-    assert unk not in ids[1] and ids[2] == [eos] and ids[3][1] == unk
+    slots = [f"seven_{s}" for s in range(SLOTS_PER_DIGIT)]
+    assert [VOCABULARY[i] for i in ids[0]] == ["a", "handwritten", *slots, "<unk>", "</s>"]  # "." is not a word
+    assert ids[1][2:] == ids[0][2:-2] + [eos]  # a figure and its word give the same tokens
+    assert unk not in ids[1] and ids[2] == [eos] and ids[3][1] == unk and ids[4] == [unk, eos]
     assert digit_prompt(7) == "a handwritten 7"
 
 
 def test_caption_batch_drops_to_the_empty_caption() -> None:
     ids, mask = caption_batch(torch.tensor([3, 1000]), 1000, make_tokenizer(), torch.Generator().manual_seed(0))
-    assert ids.shape == mask.shape == (2, 8)
+    assert ids.shape == mask.shape == (2, TRAIN_TOKENS)
     assert ids[1].tolist()[0] == VOCABULARY.index("</s>") and mask[1].sum() == 1  # null caption: `</s>` alone
     words = [VOCABULARY[i] for i in ids[0][mask[0].bool()].tolist()]
-    assert words[-1] == "</s>" and ("3" in words or "three" in words)
+    assert words[-1] == "</s>" and [f"three_{s}" for s in range(SLOTS_PER_DIGIT)] == words[-1 - SLOTS_PER_DIGIT:-1]
 
 
 def test_search_calibrates_with_digit_prompts_and_holds_out_other_phrasings(pipe: PixArtAlphaPipeline) -> None:

@@ -46,6 +46,18 @@ def test_constrained_sampling_proposes_k_and_keeps_the_best() -> None:
     assert strategy.best.value == min(r.value for r in results if r.ok)
 
 
+def test_constrained_sampling_spends_the_budget_like_the_authors_unless_told_any() -> None:
+    space = ScheduleSpace(50, max_flops_ratio=0.35, costs=synthetic_costs(50), v_min=1, v_max=6)
+    most = max(space.num_full_values())
+    budget = ConstrainedSampling(space, seed=0, num_candidates=12).ask(12)
+    assert len(set(budget)) == 12 and {s.num_full for s in budget} == {most}
+    assert all(space.contains(s) for s in budget)
+    counts = {s.num_full for s in ConstrainedSampling(space, seed=0, num_candidates=12, num_full="any").ask(12)}
+    assert len(counts) > 1 and min(counts) < most
+    with pytest.raises(ValueError, match="num_full='all'; allowed: 'budget' or 'any'"):
+        ConstrainedSampling(space, num_full="all")
+
+
 def test_constrained_sampling_proposes_all_of_a_small_space() -> None:
     tiny = ConstrainedSampling(ScheduleSpace(20, num_full=7, v_min=1, v_max=2), seed=0)
     assert len(tiny.ask(10)) == 1 and tiny.is_finished

@@ -7,7 +7,7 @@ diffusers runs on it unchanged, in about a second on a CPU.
 
 `pixart-digits` is its text-conditioned sibling in the exact form of `PixArt-alpha/PixArt-XL-2-512x512`
 (`PixArtAlphaPipeline` = `PixArtTransformer2DModel` with adaLN-single and cross-attention + a one-layer T5
-encoder over a 30-word vocabulary + the same VAE + DPM-Solver++ at 20 steps), trained by
+encoder over an 88-token vocabulary + the same VAE + DPM-Solver++ at 20 steps), trained by
 `procache_opt.zoo.train_pixart_digits`; prompts such as "a handwritten 7". See docs/zoo.md.
 """
 
