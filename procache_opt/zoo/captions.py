@@ -34,9 +34,16 @@ SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 TEMPLATES = ("a handwritten {d}", "the digit {d}", "a {d}", "number {d}", "{d}", "handwritten digit {d}")
 #: Caption tokens per digit: the tokenizer writes a digit (figure or word) as this many tokens of its own.
 SLOTS_PER_DIGIT = 8
+
+
+def slot_tokens(word: str) -> tuple[str, ...]:
+    """The tokens a digit word (or its figure) becomes: ``seven_0 ... seven_7``."""
+    return tuple(f"{word}_{slot}" for slot in range(SLOTS_PER_DIGIT))
+
+
 VOCABULARY = (
     *SPECIAL_TOKENS, "a", "the", "handwritten", "digit", "number",
-    *(f"{word}_{slot}" for word in DIGIT_WORDS for slot in range(SLOTS_PER_DIGIT)),
+    *(token for word in DIGIT_WORDS for token in slot_tokens(word)),
 )
 #: Tokens per caption during training; the longest template (2 words and a digit's slots) plus `</s>` fits,
 #: the rest is padding that the attention masks hide (sampling pads to the pipeline's 120, which the masks
@@ -54,8 +61,7 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {word: i for i, word in enumerate(VOCABULARY)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     figures = [normalizers.Replace(Regex(rf"\b{d}\b"), DIGIT_WORDS[d]) for d in range(NUM_DIGITS)]
-    words = [normalizers.Replace(Regex(rf"\b{w}\b"), " ".join(f"{w}_{s}" for s in range(SLOTS_PER_DIGIT)))
-             for w in DIGIT_WORDS]
+    words = [normalizers.Replace(Regex(rf"\b{w}\b"), " ".join(slot_tokens(w))) for w in DIGIT_WORDS]
     core.normalizer = normalizers.Sequence([normalizers.Lowercase(), *figures, *words])
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
@@ -64,11 +70,11 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def make_text_encoder(d_model: int = 32, num_layers: int = 1) -> T5EncoderModel:
+def make_text_encoder(d_model: int = 32) -> T5EncoderModel:
     """A `T5EncoderModel` with one layer of ``d_model`` channels over `VOCABULARY` (T5's initialisation)."""
     config = T5Config(
         vocab_size=len(VOCABULARY), d_model=d_model, d_kv=d_model // 2, num_heads=2, d_ff=2 * d_model,
-        num_layers=num_layers, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+        num_layers=1, relative_attention_num_buckets=8, relative_attention_max_distance=16,
         feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
     return T5EncoderModel(config)
