@@ -36,6 +36,7 @@ from procache_opt.search_phases import (
     measure,
     prepare,
     start_point_guard,
+    start_point_line,
 )
 from procache_opt.storage import DirectoryStore, OptunaStore, TrialStore, open_store
 from procache_opt.strategy import Strategy
@@ -150,7 +151,10 @@ def _run(config: SearchConfig, model: Any, store: TrialStore | None, progress: b
     record = {**prepared.config.to_dict(), "model": {"reference": config.model, **prepared.model},
               "space": space.to_dict()}
     result = SearchResult(trials, config=record, summary_lines=summary, seconds=watch.seconds)
-    result.best_trial  # noqa: B018 - raises a clear error when nothing completed within the budget
+    best = result.best_trial  # raises a clear error when nothing completed within the budget
+    start = dataclasses.replace(prepared.fora_start(), forecast_order=setup.forecast)
+    if config.include_baseline and (line := start_point_line(trials, best, start)):
+        summary.append(line)
     if prepared.measured is not None:
         summary.append(f"best: time ratio {prepared.measured.ratio(result.best):.3f} (measured step costs), FLOPs "
                        f"ratio {prepared.costs.ratio(result.best):.3f} (counted)")
@@ -158,9 +162,8 @@ def _run(config: SearchConfig, model: Any, store: TrialStore | None, progress: b
         result.heldout, result.heldout_images = heldout_check(prepared, result.best, setup.forecast)
         summary.append(heldout_line(result.heldout))
         primary = prepared.objectives.names[0]
-        result.chosen_trial, line = start_point_guard(
-            result.heldout, trials, dataclasses.replace(prepared.fora_start(), forecast_order=setup.forecast), primary,
-            prepared.objectives.directions()[primary])
+        result.chosen_trial, line = start_point_guard(result.heldout, trials, start, primary,
+                                                      prepared.objectives.directions()[primary])
         if line:
             summary.append(line)
         watch.lap("heldout")

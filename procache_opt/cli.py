@@ -212,6 +212,18 @@ def _labels(text: str) -> list[int]:
         raise CliError(f"--labels {text!r}: expected class labels as comma-separated integers, e.g. 0,1,2") from None
 
 
+def _check_condition_kind(model: str, flag: str) -> None:
+    """Refuse prompts for a class-conditional pipeline and labels for a text-conditional one before loading it
+    (folders and zoo names only: their ``model_index.json`` names the pipeline class)."""
+    from procache_opt.models import pipeline_class_name
+
+    kind = pipeline_class_name(model) or ""
+    if flag == "--labels" and kind.startswith("PixArt"):
+        raise CliError(f"--labels: {model} is a {kind}, which takes prompts; pass --prompt TEXT (repeatable)")
+    if flag == "--prompt" and kind.startswith("DiT"):
+        raise CliError(f"--prompt: {model} is a {kind}, which takes class labels; pass --labels 0,1,2")
+
+
 def _cmd_apply(args: argparse.Namespace) -> None:
     from procache_opt.schedule import Schedule
 
@@ -220,6 +232,8 @@ def _cmd_apply(args: argparse.Namespace) -> None:
         raise CliError("--labels and --prompt: pass class labels (DiT) or prompts (PixArt), not both")
     conditions = _labels(args.labels) if args.labels is not None else args.prompt
     flag = "--labels" if args.labels is not None else "--prompt"
+    if conditions is not None:
+        _check_condition_kind(args.model, flag)
     if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
         raise CliError(f"--guidance must be a finite number >= 0, got {args.guidance}")
     _check_writable(Path(args.out).parent, "--out")

@@ -11,12 +11,13 @@ calling one as a factory ran a ``DDPMPipeline``'s 1,000 UNet passes before faili
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 __all__ = ["ModelSpec", "IN_PROCESS", "UnsupportedModelTypeError", "check_model_type", "load_pipeline",
-           "is_pipeline", "model_label", "worker_model_spec"]
+           "is_pipeline", "model_label", "pipeline_class_name", "worker_model_spec"]
 
 #: A zoo name, a local pipeline folder, or a zero-argument callable returning a pipeline.
 ModelSpec = str | Path | Callable[[], Any]
@@ -86,6 +87,20 @@ def check_model_type(model: Any) -> None:
             f"got a {type(model).__name__}; model must be {_SUPPORTED}, a zoo name, a pipeline folder or a "
             "zero-argument factory returning a pipeline"
         )
+
+
+def pipeline_class_name(model: Any) -> str | None:
+    """The pipeline class a zoo name or local folder names in its ``model_index.json``, read without loading
+    anything (so a wrong kind of condition is refused before a multi-GB load); ``None`` for other models."""
+    if not isinstance(model, (str, Path)):
+        return None
+    from procache_opt import zoo
+
+    folder = zoo.path(str(model)) if str(model) in zoo.list() else Path(model)
+    try:
+        return str(json.loads((folder / "model_index.json").read_text())["_class_name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_pipeline(model: Any, device: str | None = None, dtype: Any = None) -> Any:

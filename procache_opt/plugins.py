@@ -86,6 +86,18 @@ class PluginRegistry(Generic[T]):
                               if p.kind is not inspect.Parameter.VAR_POSITIONAL and n not in reserved)
             raise TypeError(f"{self.kind} {name!r} got unexpected keyword arguments {unknown}; it accepts {accepted}")
 
+    def defaults(self, name: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The keyword defaults of ``name``'s constructor, JSON values only, less ``exclude``: what an option the
+        user left out resolves to, so that a changed default is visible where settings are compared."""
+        out = {}
+        for param_name, param in inspect.signature(self.get(name)).parameters.items():
+            value = param.default
+            if param_name in exclude or value is inspect.Parameter.empty:
+                continue
+            if value is None or isinstance(value, (bool, int, float, str)):
+                out[param_name] = value
+        return out
+
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         """Instantiate ``name``; keyword arguments the plugin does not accept raise ``TypeError``."""
         self.check_kwargs(name, kwargs)

@@ -43,6 +43,9 @@ IDENTITY_FIELDS = ("budget_flops", "cost", "strategy", "strategy_options", "obje
                    "per_depth", "depth_split", "v_min", "v_max", "include_baseline", "multi_objective", "seed",
                    "runtime", "runtime_options")
 
+#: Strategy arguments procache-opt passes itself (``objectives`` and ``directions`` in multi-objective searches).
+_STRATEGY_RESERVED = ("space", "seed", "objectives", "directions")
+
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 _DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|npu|hpu)(:\d+)?$")
 
@@ -276,7 +279,7 @@ class SearchConfig:
         if self.strategy not in STRATEGIES.available():
             raise ConfigError("strategy", f"unknown strategy {self.strategy!r}; available: "
                                           f"{', '.join(STRATEGIES.available())}")
-        reserved = ("space", "seed") + (("objectives", "directions") if self.multi_objective else ())
+        reserved = _STRATEGY_RESERVED[:2] + (_STRATEGY_RESERVED[2:] if self.multi_objective else ())
         _as_config_error("strategy_options", STRATEGIES.check_kwargs, self.strategy, self.strategy_options, reserved)
         if self.multi_objective and not _accepts(STRATEGIES.get(self.strategy), "objectives"):
             raise ConfigError("multi_objective", f"strategy {self.strategy!r} optimises one loss; multi_objective "
@@ -385,8 +388,15 @@ class SearchConfig:
         """The settings a stored search must share to be resumed (:data:`IDENTITY_FIELDS`), as JSON.
 
         The default runtime is left out, so that searches stored before runtimes were a setting still resume.
+        Strategy options hold the strategy's defaults too (with the user's options over them): a default that
+        changed between versions (``constrained_sampling``'s ``num_full``) is a different search, and giving an
+        option its default value is the same search as leaving it out.
         """
+        from procache_opt.strategy import STRATEGIES
+
         data = self.to_dict()
+        data["strategy_options"] = {**STRATEGIES.defaults(self.strategy, _STRATEGY_RESERVED),
+                                    **data["strategy_options"]}
         return {name: data[name] for name in IDENTITY_FIELDS
                 if not (name == "runtime" and data[name] == DEFAULT_RUNTIME)}
 

@@ -322,6 +322,16 @@ def heldout_line(heldout: Mapping[str, Any]) -> str:
     return f"held-out ({heldout['num_samples']} samples): " + "; ".join(parts)
 
 
+def start_point_line(trials: list[TrialResult], best: TrialResult, start: Schedule) -> str | None:
+    """The summary line saying that the search's best is the FORA start point itself (a search that found
+    nothing better than its baseline should say so, not look like a result); ``None`` otherwise."""
+    if best.schedule != start:
+        return None
+    others = sum(1 for t in trials if t.ok and not t.probe and t.schedule != start)
+    return (f"best: the FORA start point itself; none of the {others} other schedules tried beat it on the "
+            "calibration samples (more trials, or strategy='tpe', search further)")
+
+
 def start_point_guard(heldout: Mapping[str, Any], trials: list[TrialResult], start: Schedule, primary: str,
                       direction: str) -> tuple[int | None, str | None]:
     """Never worse than the FORA start point: the start point's trial when the searched best loses to it on the

@@ -148,3 +148,10 @@ def test_a_second_search_into_the_same_folder_is_refused(capsys, tmp_path):
 
     with hold(out):  # the killed holder left no stale lock behind
         pass
+
+
+def test_prompts_for_a_class_conditional_model_are_refused_before_it_loads(capsys, tmp_path):
+    schedule = Schedule.from_pattern([1, 0, 1, 0]).save(tmp_path / "s.json")
+    err = _one_line_error(capsys, ["apply", "--schedule", str(schedule), "--prompt", "a cat", "--out",
+                                   str(tmp_path / "x.png")], "--prompt: dit-digits is a DiTPipeline", "--labels")
+    assert "Loading" not in err  # decided from model_index.json, not by loading the pipeline

@@ -328,3 +328,14 @@ def test_the_fora_start_point_is_returned_when_the_searched_best_loses_on_heldou
         assert r.best_trial.trial_id == expected.trial_id
         assert r.best == expected.schedule.with_model(r.best.model_class, r.best.model_fingerprint)
         assert ("returning the start point" in r.summary()) is not searched_wins
+        assert "the FORA start point itself" not in r.summary()  # the calibration best was another schedule
+
+
+def test_a_search_that_found_nothing_better_than_its_start_point_says_so():
+    result = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=1,
+                                 monotone=None, forecast=0, seed=0, **FAST)
+    assert result.best_trial.trial_id == 0
+    assert "best: the FORA start point itself; none of the 0 other schedules tried beat it" in result.summary()
+    plain = procache_opt.search(tiny_dit_pipeline(seed=0), budget_flops=0.5, strategy="random", n_trials=1,
+                                monotone=None, forecast=0, seed=0, include_baseline=False, **FAST)
+    assert "start point itself" not in plain.summary()  # no start point was proposed, so none was found

@@ -49,6 +49,31 @@ def test_resuming_another_search_is_refused_naming_what_differs(tmp_path, monkey
     assert len(resumed.trials) == 3 and len(calls) == 1  # the same search still resumes
 
 
+def test_a_changed_strategy_default_is_another_search():
+    from procache_opt.identity import resume_conflicts
+    from procache_opt.strategy import STRATEGIES
+
+    implicit = SearchConfig(budget_flops=0.5, strategy="constrained_sampling")
+    explicit = SearchConfig(budget_flops=0.5, strategy="constrained_sampling", strategy_options={"num_full": "budget"})
+    other = SearchConfig(budget_flops=0.5, strategy="constrained_sampling", strategy_options={"num_full": "any"})
+    assert resume_conflicts(implicit.identity(), explicit.identity()) == []
+    assert resume_conflicts(implicit.identity(), other.identity()) == ["strategy_options.num_full"]
+    stored = implicit.identity()
+
+    base = STRATEGIES.get("constrained_sampling")
+
+    class NextVersion(base):  # the same strategy after a release that changed a default
+        def __init__(self, space, seed=0, num_candidates=7, mode="stick_breaking", max_attempts=10_000,
+                     num_full="budget"):
+            super().__init__(space, seed, num_candidates, mode, max_attempts, num_full)
+
+    STRATEGIES.register("constrained_sampling", NextVersion)
+    try:
+        assert resume_conflicts(stored, implicit.identity()) == ["strategy_options.num_candidates"]
+    finally:
+        STRATEGIES.unregister("constrained_sampling")
+
+
 def test_a_model_that_outputs_nan_is_refused_before_any_trial(monkeypatch):
     pipe = tiny_dit_pipeline(seed=0)
     with torch.no_grad():

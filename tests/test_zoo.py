@@ -23,7 +23,7 @@ def pipe() -> DiTPipeline:
 
 
 def test_list_names_the_bundled_model() -> None:
-    assert zoo.list() == ["dit-digits"]
+    assert zoo.list() == ["dit-digits", "pixart-digits"]
 
 
 def test_unknown_name_lists_the_known_ones() -> None:

@@ -27,7 +27,7 @@ _HERE = Path(__file__).resolve().parent
 #: Bundled model name -> folder (inside this package) holding a diffusers `save_pretrained` layout.
 _MODELS: dict[str, Path] = {
     name: _HERE / name for name in ("dit-digits", "pixart-digits") if (_HERE / name / "model_index.json").is_file()
-}  # pixart-digits is listed once its trained weights are in the package (not yet: see docs/zoo.md)
+}
 
 
 class UnknownModelError(ValueError, KeyError):

@@ -40,6 +40,7 @@ The run writes the pipeline (fp16 safetensors, EMA weights) and `training.json` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -394,36 +395,50 @@ def write_record(
     return record
 
 
+@contextlib.contextmanager
+def training_settings(threads: int) -> Iterator[None]:
+    """``threads`` torch threads and denormals flushed to zero (they cost up to 10x in the zero-initialised
+    layers on CPU) while training. Both are process-wide, so both are put back after: a notebook or a test
+    session that trains a model goes on with its own settings (hypothesis refuses to run with denormals off)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(before)
+
+
 def train(cfg: TrainConfig, out: Path, checkpoint_dir: Path | None = None) -> dict:
     """Run both stages and `save` the result to `out`; intermediate EMA pipelines go to `checkpoint_dir`."""
-    torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)  # denormals in the zero-initialised layers cost up to 10x on CPU
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    images, labels = digits_dataset()
+    with training_settings(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        images, labels = digits_dataset()
 
-    t0 = time.perf_counter()
-    vae, vae_losses = train_vae(cfg.vae, images, generator, cfg.log_every)
-    t1 = time.perf_counter()
+        t0 = time.perf_counter()
+        vae, vae_losses = train_vae(cfg.vae, images, generator, cfg.log_every)
+        t1 = time.perf_counter()
 
-    def checkpoint(step: int, ema: DiTTransformer2DModel, dit_losses: list[float]) -> None:
-        if checkpoint_dir is not None:
-            partial = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, steps=step))
-            minutes = {"vae": (t1 - t0) / 60, "dit": (time.perf_counter() - t1) / 60}
-            save(
-                checkpoint_dir / f"step-{step}",
-                partial,
-                vae,
-                ema,
-                {"vae": vae_losses, "dit": dit_losses},
-                minutes,
-            )
+        def checkpoint(step: int, ema: DiTTransformer2DModel, dit_losses: list[float]) -> None:
+            if checkpoint_dir is not None:
+                partial = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, steps=step))
+                minutes = {"vae": (t1 - t0) / 60, "dit": (time.perf_counter() - t1) / 60}
+                save(
+                    checkpoint_dir / f"step-{step}",
+                    partial,
+                    vae,
+                    ema,
+                    {"vae": vae_losses, "dit": dit_losses},
+                    minutes,
+                )
 
-    transformer, dit_losses = train_dit(
-        cfg.dit, vae, images, labels, generator, cfg.log_every, checkpoint, cfg.checkpoint_every
-    )
-    minutes = {"vae": (t1 - t0) / 60, "dit": (time.perf_counter() - t1) / 60}
-    return save(out, cfg, vae, transformer, {"vae": vae_losses, "dit": dit_losses}, minutes)
+        transformer, dit_losses = train_dit(
+            cfg.dit, vae, images, labels, generator, cfg.log_every, checkpoint, cfg.checkpoint_every
+        )
+        minutes = {"vae": (t1 - t0) / 60, "dit": (time.perf_counter() - t1) / 60}
+        return save(out, cfg, vae, transformer, {"vae": vae_losses, "dit": dit_losses}, minutes)
 
 
 def main(argv: list[str] | None = None) -> None:

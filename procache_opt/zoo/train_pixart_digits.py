@@ -1,6 +1,6 @@
 """Train `pixart-digits`: a small text-conditioned latent model in the exact form of PixArt-α (512 px).
 
-Reproduce the bundled weights (2 CPU threads; see `training.json` for the minutes it took)::
+Reproduce the bundled weights (10,000 steps on 1 CPU thread, 79 minutes; `training.json` has the record)::
 
     python -m procache_opt.zoo.train_pixart_digits --out procache_opt/zoo/pixart-digits
 
@@ -44,7 +44,14 @@ from transformers import T5EncoderModel
 
 from procache_opt.zoo.captions import caption_batch, make_text_encoder, make_tokenizer
 from procache_opt.zoo.digits_data import digits_dataset
-from procache_opt.zoo.train_digits import NULL_CLASS, DiTConfig, latent_size, train_denoiser, write_record
+from procache_opt.zoo.train_digits import (
+    NULL_CLASS,
+    DiTConfig,
+    latent_size,
+    train_denoiser,
+    training_settings,
+    write_record,
+)
 
 #: The sampler of PixArt-α's `scheduler/scheduler_config.json` (and of the ProCache paper's PixArt runs).
 SCHEDULER_CONFIG = {
@@ -68,14 +75,14 @@ class PixArtDigitsConfig:
     """Everything that determines the weights (with the torch version, the thread count and the VAE)."""
 
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
     log_every: int = 100
     checkpoint_every: int = 500
     #: The bundled model whose VAE is reused (frozen).
     vae_from: str = "dit-digits"
     #: Channels of the caption tokens (T5-XXL: 4,096).
     caption_channels: int = 32
-    dit: DiTConfig = DiTConfig(steps=3000)
+    dit: DiTConfig = DiTConfig(steps=10000)
 
 
 class CaptionedDenoiser(torch.nn.Module):
@@ -172,34 +179,33 @@ def save(out: Path, cfg: PixArtDigitsConfig, vae: AutoencoderKL, ema: CaptionedD
 
 def train(cfg: PixArtDigitsConfig, out: Path, checkpoint_dir: Path | None = None) -> dict:
     """Train the transformer and text encoder on the frozen VAE's latents and `save` to `out`."""
-    torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)  # denormals in the zero-initialised layers cost up to 10x on CPU
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    images, labels = digits_dataset()
-    vae = load_vae(cfg.vae_from)
-    tokenizer = make_tokenizer()
+    with training_settings(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        images, labels = digits_dataset()
+        vae = load_vae(cfg.vae_from)
+        tokenizer = make_tokenizer()
 
-    def make_model() -> CaptionedDenoiser:
-        transformer = make_pixart_transformer(cfg.dit, cfg.caption_channels, vae.config.latent_channels,
-                                               latent_size(vae))
-        return CaptionedDenoiser(transformer, make_text_encoder(cfg.caption_channels))
+        def make_model() -> CaptionedDenoiser:
+            transformer = make_pixart_transformer(cfg.dit, cfg.caption_channels, vae.config.latent_channels,
+                                                   latent_size(vae))
+            return CaptionedDenoiser(transformer, make_text_encoder(cfg.caption_channels))
 
-    def condition(y: torch.Tensor, gen: torch.Generator) -> dict:
-        input_ids, attention_mask = caption_batch(y, NULL_CLASS, tokenizer, gen)
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        def condition(y: torch.Tensor, gen: torch.Generator) -> dict:
+            input_ids, attention_mask = caption_batch(y, NULL_CLASS, tokenizer, gen)
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    started = time.perf_counter()
+        started = time.perf_counter()
 
-    def checkpoint(step: int, ema: CaptionedDenoiser, losses: list[float]) -> None:
-        if checkpoint_dir is not None:
-            partial = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, steps=step))
-            save(checkpoint_dir / f"step-{step}", partial, vae, ema, {"dit": losses},
-                 {"dit": (time.perf_counter() - started) / 60})
+        def checkpoint(step: int, ema: CaptionedDenoiser, losses: list[float]) -> None:
+            if checkpoint_dir is not None:
+                partial = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, steps=step))
+                save(checkpoint_dir / f"step-{step}", partial, vae, ema, {"dit": losses},
+                     {"dit": (time.perf_counter() - started) / 60})
 
-    ema, losses = train_denoiser(cfg.dit, make_model, condition, vae, images, labels, generator,
-                                 cfg.log_every, checkpoint, cfg.checkpoint_every)
-    return save(out, cfg, vae, ema, {"dit": losses}, {"dit": (time.perf_counter() - started) / 60})
+        ema, losses = train_denoiser(cfg.dit, make_model, condition, vae, images, labels, generator,
+                                     cfg.log_every, checkpoint, cfg.checkpoint_every)
+        return save(out, cfg, vae, ema, {"dit": losses}, {"dit": (time.perf_counter() - started) / 60})
 
 
 def main(argv: list[str] | None = None) -> None:
