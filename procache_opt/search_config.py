@@ -123,7 +123,8 @@ class SearchConfig:
         forecast: ``Schedule.forecast_order`` of every proposal, or ``"auto"`` (measure both).
         per_depth: Search the per-depth space (needs ``selective``).
         depth_split: Share of the blocks in the shallow group of per-depth schedules, in (0, 1).
-        v_min: Shortest reuse run (Eq. 4).
+        v_min: Shortest reuse run (Eq. 4); ``None``: 1 (no two FULL steps in a row, as in the authors' spaces)
+            when the budget is at most 0.5, else 0 (see ``search_phases.default_v_min``).
         v_max: Longest reuse run (``None``: three times the mean interval the budget implies).
         include_baseline: Evaluate the best FORA schedule within the budget first.
         multi_objective: Optimise each objective and the FLOPs ratio as separate goals.
@@ -156,7 +157,7 @@ class SearchConfig:
     forecast: int | Literal["auto"] = "auto"
     per_depth: bool = False
     depth_split: float = 0.5
-    v_min: int = 0
+    v_min: int | None = None
     v_max: int | None = None
     include_baseline: bool = True
     multi_objective: bool = False
@@ -213,9 +214,10 @@ class SearchConfig:
                 check(name, _is_int(value) and value >= 1, "must be a number of samples >= 1 or a Calibration"
                       + (" (or unset to skip the check)" if name == "heldout" else ""))
         check("depth_split", _is_real(self.depth_split) and 0 < self.depth_split < 1, "must be in (0, 1)")
-        check("v_min", _is_int(self.v_min) and 0 <= self.v_min < self.num_inference_steps,
-              f"must be an integer in [0, {self.num_inference_steps - 1}] (reuse runs shorter than the schedule)")
-        check("v_max", self.v_max is None or (_is_int(self.v_max) and max(1, self.v_min) <= self.v_max
+        check("v_min", self.v_min is None or (_is_int(self.v_min) and 0 <= self.v_min < self.num_inference_steps),
+              f"must be an integer in [0, {self.num_inference_steps - 1}] (reuse runs shorter than the schedule) "
+              "or unset")
+        check("v_max", self.v_max is None or (_is_int(self.v_max) and max(1, self.v_min or 0) <= self.v_max
                                                < self.num_inference_steps),
               f"must be an integer in [max(1, v_min), {self.num_inference_steps - 1}] or unset")
         check("seed", _is_int(self.seed) and self.seed >= 0, "must be an integer >= 0")

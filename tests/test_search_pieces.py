@@ -7,7 +7,7 @@ from procache_opt.costs import StepCosts
 from procache_opt.dynamics import choose_direction, choose_forecast_order, probe_reuse_sensitivity
 from procache_opt.result import SearchResult, pareto_front
 from procache_opt.schedule import Schedule
-from procache_opt.search_phases import default_v_max
+from procache_opt.search_phases import default_v_max, default_v_min
 from procache_opt.strategy import Strategy, TrialResult, TrialStatus
 from procache_opt.strategy_wrappers import Enqueued
 
@@ -87,6 +87,12 @@ def test_default_v_max_leaves_room():
     assert default_v_max(0.5, 50) == 5
     assert default_v_max(0.25, 50) == 11
     assert default_v_max(0.01, 10) == 9
+
+
+def test_default_v_min_keeps_full_steps_apart_at_half_budget_and_below():
+    assert default_v_min(0.5, 50) == default_v_min(0.2, 20) == 1
+    assert default_v_min(0.6, 50) == 0  # alternating FULL and REUSE could not spend 60%
+    assert default_v_min(0.3, 1) == 0
 
 
 class _Fixed(Strategy):
