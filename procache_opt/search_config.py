@@ -124,7 +124,8 @@ class SearchConfig:
         per_depth: Search the per-depth space (needs ``selective``).
         depth_split: Share of the blocks in the shallow group of per-depth schedules, in (0, 1).
         v_min: Shortest reuse run (Eq. 4); ``None``: 1 (no two FULL steps in a row, as in the authors' spaces)
-            when the budget is at most 0.5, else 0 (see ``search_phases.default_v_min``).
+            when the budget is at most 0.5 and the intervals do not grow along denoising, else 0 (measured:
+            ``search_phases.default_v_min``).
         v_max: Longest reuse run (``None``: three times the mean interval the budget implies).
         include_baseline: Evaluate the best FORA schedule within the budget first.
         multi_objective: Optimise each objective and the FLOPs ratio as separate goals.

@@ -53,17 +53,22 @@ class FullComputationError(ValueError):
     """The model without any caching already produces NaN or infinite outputs."""
 
 
-def default_v_min(budget: float, num_steps: int) -> int:
+def default_v_min(budget: float, num_steps: int, monotone: str | None) -> int:
     """Shortest reuse run allowed by default: 1 (a FULL step is never followed by another) at budgets up to 0.5,
-    0 above, where alternating FULL and REUSE could not spend the budget.
+    unless the intervals grow along denoising (``monotone="increasing"``); 0 otherwise.
 
-    The authors' spaces have ``v_min >= 1`` (2 in their sampling example). Measured on calibration samples with
-    the default strategy (5 candidates, seeds 0-2; ``constrained_sampling`` spends its FULL steps in pairs when
-    ``v_min = 0``): `dit-digits` at 50 steps, loss 0.0102-0.0130 -> 0.0081 at budget 0.5 and the start point's
-    0.0200 -> 0.0173-0.0183 at 0.35; `pixart-digits` at 20 steps 0.062-0.067 -> 0.047-0.048 at 0.5 and
-    0.128-0.167 -> 0.110-0.154 at 0.35 (benchmarks/results/generality.md has the held-out figures).
+    The authors' spaces have ``v_min >= 1`` (2 in their sampling example). With ``v_min = 0`` the default
+    sample-and-pick spends its FULL steps in adjacent pairs and leaves long reuse runs elsewhere. Held-out error
+    of the default search (benchmarks/results/generality.md, 2026-12-06, one seed, 16 samples), ``v_min`` 0 -> 1:
+    `dit-digits` at 50 steps 0.0099 -> 0.0075 (budget 0.5) and 0.0183 -> 0.0148 (0.35); at 25 steps
+    0.0148 -> 0.0115 and 0.0636 -> 0.0409; `pixart-digits` at 20 steps 0.0584 -> 0.0320 and 0.1338 -> 0.1158.
+    The exception is measured too: on the cosine-schedule variant, where the probe chooses increasing intervals
+    (the early steps are the sensitive ones), ``v_min = 1`` made it 3.1x worse at 0.5 (0.0074 -> 0.0228) and
+    1.6x at 0.35: an error made early is carried through every later step, so there the search must be free
+    to compute consecutive early steps. Above 0.5 alternating FULL and REUSE could not spend the budget.
     """
-    return min(1 if budget <= 0.5 else 0, num_steps - 1)
+    keep_apart = budget <= 0.5 and monotone != "increasing"
+    return min(1 if keep_apart else 0, num_steps - 1)
 
 
 def default_v_max(budget: float, num_steps: int) -> int:
@@ -87,7 +92,8 @@ class Prepared:
     """A search's config with the pipeline's defaults filled in, and what every later phase uses.
 
     Attributes:
-        config: ``guidance_scale``, ``calibration`` and ``v_max`` resolved (what the identity records).
+        config: ``guidance_scale``, ``calibration`` and ``v_max`` resolved (what the identity records);
+            ``v_min`` stays unset when unset: its default follows the probe's interval order (:func:`build_space`).
         pipe: The loaded pipeline.
         spec: What a Ray worker needs to build its own evaluator.
         evaluator: Scores schedules on the calibration set with :attr:`objectives`.
@@ -154,8 +160,6 @@ def prepare(config: SearchConfig, pipe: Any, worker_model: ModelSpec) -> Prepare
         guidance_scale=config.guidance_scale if config.guidance_scale is not None else _default_guidance(pipe),
         calibration=config.calibration if isinstance(config.calibration, Calibration)
         else Calibration.default(pipe, num_samples=config.calibration, split="search"),
-        v_min=config.v_min if config.v_min is not None else default_v_min(config.budget_flops,
-                                                                            config.num_inference_steps),
         v_max=config.v_max if config.v_max is not None else default_v_max(config.budget_flops,
                                                                             config.num_inference_steps),
     )
@@ -269,9 +273,9 @@ def measure(prepared: Prepared, lap: Callable[[str], None] = lambda phase: None)
 def build_space(prepared: Prepared, setup: Setup) -> ScheduleSpace:
     """Phase 3a: the constrained space (ProCache Eqs. 2-4 and the FLOPs budget) the strategy searches."""
     c = prepared.config
+    v_min = c.v_min if c.v_min is not None else default_v_min(c.budget_flops, c.num_inference_steps, setup.monotone)
     return ScheduleSpace(c.num_inference_steps, max_flops_ratio=c.budget_flops, costs=prepared.budget_costs,
-                         v_min=c.v_min,
-                         v_max=c.v_max, monotone=setup.monotone, selective=c.selective is not None,
+                         v_min=v_min, v_max=c.v_max, monotone=setup.monotone, selective=c.selective is not None,
                          selective_config=prepared.selective, forecast_order=setup.forecast,
                          refresh="deep" if c.per_depth else "selective", depth_split=c.depth_split)
 

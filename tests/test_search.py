@@ -260,6 +260,7 @@ def test_the_phases_run_alone():
     assert set(prepared.identity()["model"]) == {"class", "fingerprint", "weights", "dtype", "device"}
     assert measure(prepared) == Setup(None, 1)  # nothing to measure: nothing is run
     space = build_space(prepared, Setup(None, 1))
+    assert (space.v_min, build_space(prepared, Setup("increasing", 1)).v_min) == (1, 0)  # default_v_min
     first = build_strategy(prepared, space, Setup(None, 1)).ask(1)[0]
     assert first == procache_opt.Schedule.from_dict({**prepared.fora_start().to_dict(), "forecast_order": 1})
 

@@ -90,9 +90,10 @@ def test_default_v_max_leaves_room():
 
 
 def test_default_v_min_keeps_full_steps_apart_at_half_budget_and_below():
-    assert default_v_min(0.5, 50) == default_v_min(0.2, 20) == 1
-    assert default_v_min(0.6, 50) == 0  # alternating FULL and REUSE could not spend 60%
-    assert default_v_min(0.3, 1) == 0
+    assert default_v_min(0.5, 50, "decreasing") == default_v_min(0.2, 20, None) == 1
+    assert default_v_min(0.6, 50, None) == 0  # alternating FULL and REUSE could not spend 60%
+    assert default_v_min(0.35, 50, "increasing") == 0  # early steps sensitive: consecutive FULL steps allowed
+    assert default_v_min(0.3, 1, None) == 0
 
 
 class _Fixed(Strategy):
