@@ -73,7 +73,13 @@ class ConstrainedSampling(Strategy):
         super().__init__(space, seed)
         self.num_full = num_full
         self._sampled = _budget_count_space(space) if num_full == "budget" else space
-        self.num_candidates = min(num_candidates, self._sampled.count())
+        size = self._sampled.count()
+        self.num_candidates = min(num_candidates, size)
+        #: Every member is a candidate: take them in order instead of drawing (a draw may almost never hit one).
+        self._takes_all = size <= num_candidates
+        if self._takes_all:
+            logger.info("constrained_sampling: %d schedules have the sampled count of FULL steps; evaluating all",
+                        size)
         self.mode = mode
         self.max_attempts = max_attempts
         self.best: TrialResult | None = None
@@ -88,8 +94,11 @@ class ConstrainedSampling(Strategy):
     def ask(self, n: int = 1) -> list[Schedule]:
         proposals = []
         while len(proposals) < n and not self.is_finished:
-            authors = self.mode == "stick_breaking" and not self._fell_back
-            schedule = self._stick_breaking() if authors else None
+            if self._takes_all:
+                schedule = next(s for s in self._sampled.enumerate() if s not in self._history)
+            else:
+                authors = self.mode == "stick_breaking" and not self._fell_back
+                schedule = self._stick_breaking() if authors else None
             if schedule is None:
                 schedule = self._history.draw_unseen(self._sampled)
             self._history.add(schedule)

@@ -58,9 +58,15 @@ def test_constrained_sampling_spends_the_budget_like_the_authors_unless_told_any
         ConstrainedSampling(space, num_full="all")
 
 
-def test_constrained_sampling_proposes_all_of_a_small_space() -> None:
+def test_constrained_sampling_proposes_all_of_a_small_space(caplog: pytest.LogCaptureFixture) -> None:
     tiny = ConstrainedSampling(ScheduleSpace(20, num_full=7, v_min=1, v_max=2), seed=0)
     assert len(tiny.ask(10)) == 1 and tiny.is_finished
+    # dit-digits at budget 0.5 with the search's defaults: 2 members, one of which stick-breaking never draws
+    space = ScheduleSpace(50, num_full=24, v_min=1, v_max=5)
+    with caplog.at_level(logging.WARNING, logger="procache_opt.strategies"):
+        proposals = ConstrainedSampling(space, seed=0, max_attempts=20).ask(5)
+    assert sorted(proposals, key=lambda s: s.pattern) == sorted(space.enumerate(), key=lambda s: s.pattern)
+    assert not caplog.records  # taken in order, not drawn until the draws give up
 
 
 def test_constrained_sampling_falls_back_to_uniform_once(caplog: pytest.LogCaptureFixture) -> None:
