@@ -49,6 +49,16 @@ def test_resuming_another_search_is_refused_naming_what_differs(tmp_path, monkey
     assert len(resumed.trials) == 3 and len(calls) == 1  # the same search still resumes
 
 
+def test_a_store_from_before_the_v_min_default_is_another_search():
+    """Until 2026-12-06 ``v_min`` defaulted to 0 and the identity recorded 0; the default is now a rule that
+    follows the probe's interval order, recorded unset: such a store is refused, naming the field."""
+    from procache_opt.identity import resume_conflicts
+
+    old_default = SearchConfig(budget_flops=0.5, v_min=0).identity()
+    assert resume_conflicts(old_default, SearchConfig(budget_flops=0.5).identity()) == ["v_min"]
+    assert resume_conflicts(old_default, SearchConfig(budget_flops=0.5, v_min=0).identity()) == []
+
+
 def test_a_changed_strategy_default_is_another_search():
     from procache_opt.identity import resume_conflicts
     from procache_opt.strategy import STRATEGIES
