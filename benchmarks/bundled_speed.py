@@ -15,7 +15,7 @@ The targets (issue "REUSE steps at the cost of their arithmetic"): the default s
 least 3x faster than the full computation.
 
 The searched schedules are saved next to the report (``bundled_speed_schedules.json``); ``--reuse`` times those
-again without searching (the searches take ~25 minutes, the timing ~3).
+again without searching (on 2026-12-06 the searches took 6 minutes, the timing 1).
 
 Usage:
     python benchmarks/bundled_speed.py --out benchmarks/results/bundled_speed.md [--reuse]
@@ -57,27 +57,43 @@ def heldout_errors(pipe: Any, schedules: dict[str, Schedule]) -> dict[str, float
     return {name: evaluator.evaluate(schedule)["feature_error"].mean for name, schedule in schedules.items()}
 
 
-def timings(pipe: Any, schedules: dict[str, Schedule], repeats: int) -> dict[str, tuple[float, float]]:
-    """Median (whole call, denoising loop) CPU seconds of each schedule, FULL included."""
+def timings(pipe: Any, schedules: dict[str, Schedule],
+            repeats: int) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """Median (whole call, denoising loop) CPU seconds of each schedule, FULL included, and where a step's time
+    goes (:func:`step_split`, from FORA-2's timed rounds)."""
     kwargs = {"class_labels": [i % 10 for i in range(IMAGES)], "guidance_scale": 4.0, "num_inference_steps": 50,
               "generator": torch.Generator().manual_seed(0), "output_type": "pt"}
     timer = _speed.CallTimer(pipe.transformer, cuda=False)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in schedules}
+    fora_rounds: list[tuple[float, list[float]]] = []
     for round_index in range(repeats + 1):
         for name, schedule in schedules.items():
             with apply(pipe, schedule):
                 start = time.thread_time()
-                _, loop, _ = timer.run(lambda: pipe(**kwargs))
+                _, loop, calls = timer.run(lambda: pipe(**kwargs))
                 whole = time.thread_time() - start
             if round_index:
                 runs[name].append((whole, loop))
+                if schedule == FORA_2:
+                    fora_rounds.append((loop, calls))
             print(f"round {round_index} {name:45s} call {whole:6.2f} s  loop {loop:6.2f} s", flush=True)
     timer.remove()
-    return {name: (_speed.median([r[0] for r in rs]), _speed.median([r[1] for r in rs])) for name, rs in runs.items()}
+    seconds = {name: (_speed.median([r[0] for r in rs]), _speed.median([r[1] for r in rs]))
+               for name, rs in runs.items()}
+    return seconds, step_split(fora_rounds)
+
+
+def step_split(rounds: list[tuple[float, list[float]]]) -> dict[str, float]:
+    """Median CPU seconds of a FULL and of a REUSE transformer call, and of the loop's work outside the
+    transformer per step (guidance, scheduler step), from FORA-2's rounds (25 calls of each kind)."""
+    kinds = [_speed.call_kinds(FORA_2, calls) for _, calls in rounds]
+    return {"FULL": _speed.median([v for k in kinds for v in k["FULL"]]),
+            "REUSE": _speed.median([v for k in kinds for v in k["REUSE"]]),
+            "outside": _speed.median([(loop - sum(calls)) / FORA_2.num_steps for loop, calls in rounds])}
 
 
 def report(schedules: dict[str, Schedule], errors: dict[str, float], seconds: dict[str, tuple[float, float]],
-           pipe: Any, command: str, load: str) -> str:
+           split: dict[str, float], pipe: Any, command: str, load: str) -> str:
     full_call, full_loop = seconds["FULL"]
     fora = errors["FORA 2 (published)"]
     lines = [
@@ -91,6 +107,11 @@ def report(schedules: dict[str, Schedule], errors: dict[str, float], seconds: di
         f"- Command: `{command}`",
         "",
         f"Full computation: {full_call:.2f} s per call, {full_loop:.2f} s of it the denoising loop.",
+        "",
+        f"Where a step's time goes (FORA-2's rounds, medians): a FULL transformer call {split['FULL'] * 1e3:.1f} ms, a "
+        f"REUSE call {split['REUSE'] * 1e3:.2f} ms ({split['REUSE'] / split['FULL']:.1%}), and "
+        f"{split['outside'] * 1e3:.2f} ms per step in the loop outside the transformer (guidance, scheduler step), "
+        "which every step pays and no cache removes.",
         "",
         "| schedule | pattern | FLOPs ratio | analytic | measured (call) | measured (loop) | loop / analytic "
         "| held-out error | vs FORA-2's error |",
@@ -137,8 +158,8 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         errors = heldout_errors(pipe, schedules)
-        seconds = timings(pipe, schedules, args.repeats)
-    text = report(schedules, errors, seconds, pipe, command, load)
+        seconds, split = timings(pipe, schedules, args.repeats)
+    text = report(schedules, errors, seconds, split, pipe, command, load)
     print(text)
     if args.out:
         args.out.write_text(text)
