@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from procache_opt.block_counts import outcome_shares, step_blocks
+from procache_opt.block_counts import blocks_by_step, outcome_shares
 from procache_opt.runtime.context import StepState
 
 __all__ = ["RunStats", "TransformerClock", "attach_step_counter"]
@@ -117,7 +117,7 @@ class TransformerClock:
 def attach_step_counter(transformer: nn.Module, state: StepState, stats: RunStats) -> Any:
     """Count each call of ``transformer`` by the step it ran at; returns the hook handle (``.remove()``)."""
     schedule = state.schedule
-    per_step = [step_blocks(schedule, step, stats.num_blocks) for step in range(schedule.num_steps)]
+    per_step = blocks_by_step(schedule, stats.num_blocks)
 
     @torch.compiler.disable
     def count(module: nn.Module, args: Any, output: Any) -> None:
