@@ -32,9 +32,9 @@ class ConstrainedSampling(Strategy):
     a FLOPs budget or wide ``[v_min, v_max]``, may reject almost every draw, so after ``max_attempts``
     fruitless draws for one candidate the strategy samples the rest uniformly and logs that once.
     ``mode="uniform"`` samples uniformly from the start. When no more than ``num_candidates`` members have the
-    sampled count of FULL steps, all of them are proposed in order, without drawing: on `dit-digits` at budget
-    0.5 with the search's default ``v_min = 1`` two members have the budget's 24 FULL steps, and stick-breaking
-    never draws one of them (20,000 draws, all the other).
+    sampled count of FULL steps, all of them are proposed, drawn uniformly without stick-breaking: on
+    `dit-digits` at budget 0.5 with the search's default ``v_min = 1`` two members have the budget's 24 FULL
+    steps, and stick-breaking never draws one of them (20,000 draws, all the other).
 
     ``num_full="budget"`` (the default) draws every candidate with the largest number of FULL steps that a
     FLOPs budget allows, as the authors do: their B is set by the target speed-up, so all five patterns cost
@@ -77,7 +77,8 @@ class ConstrainedSampling(Strategy):
         self._sampled = _budget_count_space(space) if num_full == "budget" else space
         size = self._sampled.count()
         self.num_candidates = min(num_candidates, size)
-        #: Every member is a candidate: take them in order instead of drawing (a draw may almost never hit one).
+        #: Every member is a candidate: draw them without replacement (``draw_unseen``) instead of stick-breaking,
+        #: which may almost never hit one.
         self._takes_all = size <= num_candidates
         if self._takes_all:
             logger.info("constrained_sampling: %d schedules have the sampled count of FULL steps; evaluating all",
@@ -96,11 +97,8 @@ class ConstrainedSampling(Strategy):
     def ask(self, n: int = 1) -> list[Schedule]:
         proposals = []
         while len(proposals) < n and not self.is_finished:
-            if self._takes_all:
-                schedule = next(s for s in self._sampled.enumerate() if s not in self._history)
-            else:
-                authors = self.mode == "stick_breaking" and not self._fell_back
-                schedule = self._stick_breaking() if authors else None
+            authors = self.mode == "stick_breaking" and not self._fell_back and not self._takes_all
+            schedule = self._stick_breaking() if authors else None
             if schedule is None:
                 schedule = self._history.draw_unseen(self._sampled)
             self._history.add(schedule)

@@ -66,7 +66,7 @@ def test_constrained_sampling_proposes_all_of_a_small_space(caplog: pytest.LogCa
     with caplog.at_level(logging.WARNING, logger="procache_opt.strategies"):
         proposals = ConstrainedSampling(space, seed=0, max_attempts=20).ask(5)
     assert sorted(proposals, key=lambda s: s.pattern) == sorted(space.enumerate(), key=lambda s: s.pattern)
-    assert not caplog.records  # taken in order, not drawn until the draws give up
+    assert not caplog.records  # all drawn without replacement, no stick-breaking until the draws give up
 
 
 def test_constrained_sampling_falls_back_to_uniform_once(caplog: pytest.LogCaptureFixture) -> None:
